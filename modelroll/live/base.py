@@ -1,0 +1,176 @@
+"""The live channel between router, controller and worker: one interface, two backends.
+
+- split config: versioned per model; a watcher gets the latest on connect and every change after;
+- metric samples: batched append, consumer-group reads with acknowledgement, bounded length;
+- feedback join: a prediction stored by request id with a TTL, taken when its label arrives;
+- job queue: enqueue, claim with a visibility timeout, ack, retry count, dead-letter after N;
+- leader lock: acquire / renew / release, with a fencing token that grows on every new leader.
+
+Every call on an unreachable backend raises `Unavailable` within a bounded time.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from modelroll.errors import InvalidInput
+
+
+@dataclass(frozen=True, slots=True)
+class SplitConfig:
+    """Traffic split for one model: percentage per variant (sums to 100), optional shadow."""
+
+    model: str
+    weights: Mapping[str, float]
+    shadow: str | None = None
+    rollout_id: int | None = None
+    step: int | None = None
+    version: int = 0  # assigned by the channel on publish
+
+    def __post_init__(self) -> None:
+        if not self.weights:
+            raise InvalidInput(f"split of {self.model!r} needs at least one variant")
+        for variant, pct in self.weights.items():
+            if not 0 <= pct <= 100:
+                raise InvalidInput(f"weight of {variant!r} must be in [0, 100], got {pct}")
+        total = sum(self.weights.values())
+        if abs(total - 100.0) > 1e-6:
+            raise InvalidInput(f"weights of {self.model!r} must sum to 100, got {total}")
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({
+            "model": self.model, "weights": dict(self.weights), "shadow": self.shadow,
+            "rollout_id": self.rollout_id, "step": self.step, "version": self.version,
+        })
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> SplitConfig:
+        data = orjson.loads(raw)
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One observation recorded by a router.
+
+    kind "request": one variant answered (or failed) one request;
+    kind "memory":  a runner's memory gauge (`memory_bytes` = model cost, `memory_total_bytes` absolute);
+    kind "feedback": a label joined to a stored prediction (`correct`).
+    Latencies are the runner's own time (`latency_ms`) and the whole request (`total_ms`).
+    """
+
+    kind: str
+    model: str
+    variant: str
+    ts: float
+    rollout_id: int | None = None
+    step: int | None = None
+    request_id: str = ""
+    latency_ms: float = 0.0
+    total_ms: float = 0.0
+    status: str = "ok"  # ok | error | timeout
+    cpu_ms: float = 0.0
+    batch_size: int = 1
+    shadow: bool = False
+    prediction: Any = None
+    memory_bytes: int = 0
+    memory_total_bytes: int = 0
+    correct: bool | None = None
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({k: getattr(self, k) for k in _SAMPLE_FIELDS})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> Sample:
+        return cls(**orjson.loads(raw))
+
+
+_SAMPLE_FIELDS = tuple(Sample.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed job: `attempts` counts deliveries including this one."""
+
+    id: str
+    queue: str
+    payload: bytes
+    attempts: int
+
+
+@dataclass(slots=True)
+class SampleBatch:
+    ids: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+
+
+class Subscription(abc.ABC):
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class LiveChannel(abc.ABC):
+    # --- split config -------------------------------------------------------------
+    @abc.abstractmethod
+    def publish_split(self, split: SplitConfig) -> SplitConfig:
+        """Store `split` as the model's newest version and notify watchers; returns it with its version."""
+
+    @abc.abstractmethod
+    def get_splits(self) -> dict[str, SplitConfig]: ...
+
+    @abc.abstractmethod
+    def watch_splits(self, callback: Callable[[SplitConfig], None]) -> Subscription:
+        """Call `callback` with every model's latest split now, then with every change."""
+
+    # --- samples ------------------------------------------------------------------
+    @abc.abstractmethod
+    def append_samples(self, samples: Sequence[Sample]) -> None: ...
+
+    @abc.abstractmethod
+    def read_samples(self, group: str, consumer: str, count: int, block_s: float = 0.0) -> SampleBatch:
+        """New samples for `group`, plus those delivered to `consumer` earlier and never acknowledged."""
+
+    @abc.abstractmethod
+    def ack_samples(self, group: str, ids: Sequence[str]) -> None: ...
+
+    # --- feedback join ------------------------------------------------------------
+    @abc.abstractmethod
+    def put_prediction(self, request_id: str, record: bytes, ttl_s: float) -> None: ...
+
+    @abc.abstractmethod
+    def take_prediction(self, request_id: str) -> bytes | None:
+        """Return and delete the record (None when unknown or expired)."""
+
+    # --- job queue ----------------------------------------------------------------
+    @abc.abstractmethod
+    def enqueue_job(self, queue: str, payload: bytes) -> str: ...
+
+    @abc.abstractmethod
+    def claim_job(self, queue: str, consumer: str, visibility_timeout_s: float,
+                  max_attempts: int) -> Job | None:
+        """Next job, or one whose claim expired; jobs over `max_attempts` go to the dead letters."""
+
+    @abc.abstractmethod
+    def ack_job(self, job: Job) -> None: ...
+
+    @abc.abstractmethod
+    def dead_letters(self, queue: str) -> list[Job]: ...
+
+    # --- leader lock --------------------------------------------------------------
+    @abc.abstractmethod
+    def acquire_lock(self, name: str, holder: str, ttl_s: float) -> int | None:
+        """Fencing token if `holder` now holds the lock (a new, larger token for each new leader)."""
+
+    @abc.abstractmethod
+    def renew_lock(self, name: str, holder: str, ttl_s: float) -> bool: ...
+
+    @abc.abstractmethod
+    def release_lock(self, name: str, holder: str) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,73 @@
+"""Typed settings read once from `MODELROLL_*` environment variables.
+
+With no environment at all modelroll runs embedded: SQLite and artifacts under
+`./.modelroll/`, the in-process live channel. `MODELROLL_DATABASE_URL` and
+`MODELROLL_REDIS_URL` switch to PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELROLL_", extra="ignore")
+
+    home: Path = Field(default=Path(".modelroll"), description="Embedded state directory.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite in home.")
+    redis_url: str = Field(default="", description="redis://...; empty = in-process live channel.")
+    redis_prefix: str = Field(default="modelroll:", description="Prefix of every Redis key.")
+    redis_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    artifacts_dir: Path | None = Field(default=None, description="Default: home/artifacts.")
+
+    # router
+    router_host: str = "127.0.0.1"
+    router_port: int = Field(default=8080, ge=0, le=65535)
+    router_threads: int = Field(default=1, ge=1, le=256, description="onnxruntime intra-op threads.")
+    router_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    router_candidate_timeout_s: float = Field(default=2.0, gt=0)
+    router_shadow_max_concurrency: int = Field(default=4, ge=0)
+    router_sample_buffer: int = Field(default=100_000, ge=100)
+    router_flush_interval_s: float = Field(default=0.2, gt=0)
+    router_memory_interval_s: float = Field(default=2.0, gt=0)
+    router_breaker_failures: int = Field(default=20, ge=1)
+    router_runner: str = Field(default="inline", pattern="^(inline|subprocess)$")
+    feedback_ttl_s: int = Field(default=24 * 3600, ge=1)
+
+    # controller
+    controller_host: str = "127.0.0.1"
+    controller_port: int = Field(default=8081, ge=0, le=65535)
+    reconcile_interval_s: float = Field(default=1.0, gt=0)
+    leader_lease_s: float = Field(default=10.0, gt=0)
+    admin_token: str = Field(default="", description="Bootstrap admin bearer token.")
+    allow_anonymous_viewer: bool = True
+    webhook_url: str = ""
+
+    # optimizer worker
+    job_visibility_timeout_s: float = Field(default=600.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    eval_timeout_s: float = Field(default=600.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("database_url", "redis_url")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'modelroll.db').resolve()}"
+
+    @property
+    def effective_artifacts_dir(self) -> Path:
+        return self.artifacts_dir if self.artifacts_dir is not None else self.home / "artifacts"

@@ -1,0 +1,290 @@
+"""Domain types shared by every service: variants, criteria, steps, rollout specs, verdicts.
+
+All are frozen dataclasses validated on construction; an invalid value raises
+`InvalidInput` with a message that names the field, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelroll.errors import InvalidInput
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise InvalidInput(
+            f"{kind} {value!r} is not a valid name: use 1-63 lowercase letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def _check_fraction(name: str, value: float, *, low: float = 0.0, high: float = 1.0,
+                    high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise InvalidInput(f"{name} must be a number, got {value!r}")
+    too_high = value >= high if high_open else value > high
+    if value < low or too_high:
+        bracket = ")" if high_open else "]"
+        raise InvalidInput(f"{name} must be in [{low}, {high}{bracket}, got {value}")
+    return float(value)
+
+
+class Role(str, enum.Enum):
+    BASELINE = "baseline"
+    CANDIDATE = "candidate"
+
+
+class Phase(str, enum.Enum):
+    PENDING = "pending"
+    SHADOW = "shadow"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+TERMINAL_PHASES = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED})
+
+
+class Verdict(str, enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    UNDECIDED = "undecided"
+
+
+class DeadlinePolicy(str, enum.Enum):
+    """What to do when a step's max duration passes with a criterion still undecided."""
+
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A servable version of a model; candidates record the recipe that built them."""
+
+    model: str
+    name: str
+    role: Role
+    artifact_sha256: str
+    recipe: tuple[str, ...] = ()
+    parent: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name("model", self.model)
+        check_name("variant", self.name)
+        if not re.fullmatch(r"[0-9a-f]{64}", self.artifact_sha256):
+            raise InvalidInput(f"artifact_sha256 must be 64 lowercase hex digits, got {self.artifact_sha256!r}")
+        if self.role is Role.CANDIDATE and self.parent is None:
+            raise InvalidInput(f"candidate {self.name!r} needs a parent variant (its baseline)")
+
+
+@dataclass(frozen=True, slots=True)
+class Criteria:
+    """Success criteria; defaults are the research report's gates.
+
+    Reductions and drops are fractions: 0.5 = 50 % lower, 0.02 = 2 points.
+    """
+
+    latency_reduction_min: float = 0.50
+    memory_reduction_min: float = 0.60
+    accuracy_drop_max: float = 0.02
+    error_rate_tolerance: float = 0.01
+    alpha: float = 0.05
+    min_samples: int = 200
+
+    def __post_init__(self) -> None:
+        _check_fraction("latency_reduction_min", self.latency_reduction_min, high_open=True)
+        _check_fraction("memory_reduction_min", self.memory_reduction_min, high_open=True)
+        _check_fraction("accuracy_drop_max", self.accuracy_drop_max)
+        _check_fraction("error_rate_tolerance", self.error_rate_tolerance)
+        _check_fraction("alpha", self.alpha, low=1e-6, high=0.5)
+        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int) or self.min_samples < 1:
+            raise InvalidInput(f"min_samples must be an integer >= 1, got {self.min_samples!r}")
+
+    @property
+    def latency_ratio_max(self) -> float:
+        return 1.0 - self.latency_reduction_min
+
+    @property
+    def memory_ratio_max(self) -> float:
+        return 1.0 - self.memory_reduction_min
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One rollout step: the candidate's traffic share, or shadow (mirrored, 0 % served)."""
+
+    weight_pct: float
+    shadow: bool = False
+    min_duration_s: float = 60.0
+    min_samples: int = 200
+    max_duration_s: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight_pct", _check_fraction("weight_pct", self.weight_pct, high=100.0))
+        if self.shadow and self.weight_pct != 0:
+            raise InvalidInput(f"a shadow step serves no candidate traffic: weight_pct must be 0, got {self.weight_pct}")
+        if not self.shadow and self.weight_pct == 0:
+            raise InvalidInput("a step with weight_pct 0 must be a shadow step (shadow: true)")
+        if self.min_duration_s < 0:
+            raise InvalidInput(f"min_duration_s must be >= 0, got {self.min_duration_s}")
+        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int) or self.min_samples < 0:
+            raise InvalidInput(f"min_samples must be an integer >= 0, got {self.min_samples!r}")
+        if self.max_duration_s is not None and self.max_duration_s < self.min_duration_s:
+            raise InvalidInput(
+                f"max_duration_s ({self.max_duration_s}) must be >= min_duration_s ({self.min_duration_s})"
+            )
+
+
+DEFAULT_STEPS: tuple[Step, ...] = (
+    Step(weight_pct=0, shadow=True),
+    Step(weight_pct=1),
+    Step(weight_pct=5),
+    Step(weight_pct=25),
+    Step(weight_pct=50),
+    Step(weight_pct=100),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSpec:
+    """What an operator asks for: roll `candidate` out against `baseline` of `model`."""
+
+    model: str
+    baseline: str
+    candidate: str
+    steps: tuple[Step, ...] = DEFAULT_STEPS
+    criteria: Criteria = field(default_factory=Criteria)
+    on_deadline: DeadlinePolicy = DeadlinePolicy.HOLD
+
+    def __post_init__(self) -> None:
+        check_name("model", self.model)
+        check_name("baseline", self.baseline)
+        check_name("candidate", self.candidate)
+        if self.baseline == self.candidate:
+            raise InvalidInput(f"baseline and candidate must differ, both are {self.baseline!r}")
+        if not self.steps:
+            raise InvalidInput("steps must not be empty: give at least one step, e.g. weight_pct 100")
+        seen_traffic = False
+        previous = 0.0
+        for index, step in enumerate(self.steps):
+            if step.shadow and seen_traffic:
+                raise InvalidInput(f"step {index}: shadow steps must come before every traffic step")
+            if not step.shadow:
+                seen_traffic = True
+                if step.weight_pct <= previous and index > 0 and not self.steps[index - 1].shadow:
+                    raise InvalidInput(
+                        f"step {index}: weights must go up, got {step.weight_pct} after {previous}"
+                    )
+                previous = step.weight_pct
+        if not seen_traffic:
+            raise InvalidInput("steps need at least one traffic step after the shadow steps")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "steps": [step_to_dict(s) for s in self.steps],
+            "criteria": criteria_to_dict(self.criteria),
+            "on_deadline": self.on_deadline.value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RolloutSpec:
+        if not isinstance(data, Mapping):
+            raise InvalidInput(f"a rollout spec must be an object, got {type(data).__name__}")
+        known = {"model", "baseline", "candidate", "steps", "criteria", "on_deadline"}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInput(f"unknown rollout field(s) {sorted(unknown)}; accepted: {sorted(known)}")
+        for required in ("model", "baseline", "candidate"):
+            if required not in data:
+                raise InvalidInput(f"rollout spec needs {required!r}")
+        raw_steps = data.get("steps")
+        steps = DEFAULT_STEPS if raw_steps is None else tuple(step_from_dict(s, i) for i, s in enumerate(_seq("steps", raw_steps)))
+        criteria = criteria_from_dict(data.get("criteria") or {})
+        try:
+            on_deadline = DeadlinePolicy(data.get("on_deadline", "hold"))
+        except ValueError:
+            raise InvalidInput(
+                f"on_deadline must be one of {[p.value for p in DeadlinePolicy]}, got {data.get('on_deadline')!r}"
+            ) from None
+        return cls(
+            model=data["model"], baseline=data["baseline"], candidate=data["candidate"],
+            steps=steps, criteria=criteria, on_deadline=on_deadline,
+        )
+
+
+def _seq(name: str, value: Any) -> Sequence[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidInput(f"{name} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _from_fields(kind: str, cls: type[Any], data: Any) -> Any:
+    if not isinstance(data, Mapping):
+        raise InvalidInput(f"{kind} must be an object, got {type(data).__name__}")
+    names = set(cls.__dataclass_fields__)
+    unknown = set(data) - names
+    if unknown:
+        raise InvalidInput(f"unknown {kind} field(s) {sorted(unknown)}; accepted: {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise InvalidInput(f"{kind}: {exc}") from None
+
+
+def step_from_dict(data: Any, index: int = 0) -> Step:
+    return _from_fields(f"step {index}", Step, data)  # type: ignore[no-any-return]
+
+
+def step_to_dict(step: Step) -> dict[str, Any]:
+    return {
+        "weight_pct": step.weight_pct,
+        "shadow": step.shadow,
+        "min_duration_s": step.min_duration_s,
+        "min_samples": step.min_samples,
+        "max_duration_s": step.max_duration_s,
+    }
+
+
+def criteria_from_dict(data: Any) -> Criteria:
+    return _from_fields("criteria", Criteria, data)  # type: ignore[no-any-return]
+
+
+def criteria_to_dict(criteria: Criteria) -> dict[str, Any]:
+    return {name: getattr(criteria, name) for name in Criteria.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionResult:
+    """The statistics' answer for one criterion at one look."""
+
+    criterion: str  # "latency_p50", "latency_p95", "memory", "accuracy", "errors"
+    verdict: Verdict
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    threshold: float
+    baseline_value: float | None
+    candidate_value: float | None
+    baseline_n: int
+    candidate_n: int
+    method: str
+    message: str

@@ -1,0 +1,1 @@
+"""optimizer: build INT8 and pruned candidates of a baseline and measure every variant the same way."""

@@ -1,0 +1,1 @@
+"""router: the Open Inference Protocol (V2) data plane with a sticky weighted split."""
