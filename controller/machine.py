@@ -1,0 +1,342 @@
+"""The rollout state machine: pure, `step(state, now, evaluation, command)` → new state + actions.
+
+No I/O and no clock: the reconciler and the API feed it and apply what it returns, so the same
+inputs always give the same state (the replay test holds it to that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from modelroll.errors import Conflict, Forbidden, InvalidInput
+from modelroll.types import CriterionResult, DeadlinePolicy, Phase, RolloutSpec, Verdict
+
+ROLES = ("viewer", "operator", "admin")
+
+# Every phase change the machine may make; anything else is a bug and raises.
+ALLOWED: Mapping[Phase, frozenset[Phase]] = {
+    Phase.PENDING: frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED, Phase.ABORTED}),
+    Phase.SHADOW: frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED,
+                             Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED}),
+    Phase.PROGRESSING: frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED,
+                                  Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED}),
+    Phase.PAUSED: frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED,
+                             Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED}),
+    Phase.PROMOTED: frozenset(),
+    Phase.ROLLED_BACK: frozenset(),
+    Phase.ABORTED: frozenset(),
+    Phase.FAILED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRule:
+    phases: frozenset[Phase]
+    role: str
+    applies_to: str
+
+
+# The manual commands: which phases each applies to and the least role it needs.
+COMMANDS: Mapping[str, CommandRule] = {
+    "pause": CommandRule(frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING}), "operator",
+                         "pending, shadow or progressing rollouts"),
+    "resume": CommandRule(frozenset({Phase.PAUSED}), "operator", "paused rollouts"),
+    "set_weight": CommandRule(frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED}), "operator",
+                              "shadow, progressing or paused rollouts"),
+    "promote": CommandRule(frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED}), "admin",
+                           "rollouts that are not finished"),
+    "abort": CommandRule(frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED}), "operator",
+                         "rollouts that are not finished"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A manual action from the API: kind is one of COMMANDS."""
+
+    kind: str
+    actor: str
+    role: str
+    reason: str = ""
+    weight_pct: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What the statistics said at this look, and how many samples each arm has in the current step."""
+
+    results: tuple[CriterionResult, ...]
+    verdict: Verdict
+    step_samples_baseline: int = 0
+    step_samples_candidate: int = 0
+
+    @property
+    def step_samples(self) -> int:
+        return min(self.step_samples_baseline, self.step_samples_candidate)
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    """Everything the machine needs about one rollout; `seq` counts the events recorded so far."""
+
+    rollout_id: int
+    spec: RolloutSpec
+    phase: Phase = Phase.PENDING
+    step_index: int = 0
+    weight_pct: float = 0.0
+    started_at: datetime | None = None
+    step_started_at: datetime | None = None
+    hold: str = ""  # "" | "paused" | "manual" (set-weight) while phase is paused
+    resume_phase: Phase | None = None
+    deadline_noted: bool = False
+    seq: int = 0
+    reason: str = ""
+
+    @property
+    def weights(self) -> dict[str, float]:
+        if self.phase is Phase.PROMOTED:
+            return {self.spec.candidate: 100.0}
+        if self.started_at is None or self.phase in (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED):
+            return {self.spec.baseline: 100.0}
+        return {self.spec.baseline: 100.0 - self.weight_pct, self.spec.candidate: self.weight_pct}
+
+    @property
+    def shadow(self) -> str | None:
+        live = self.phase in (Phase.SHADOW, Phase.PAUSED) and self.started_at is not None
+        step = self.spec.steps[self.step_index]
+        return self.spec.candidate if live and step.shadow and self.weight_pct == 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSplit:
+    weights: dict[str, float]
+    shadow: str | None
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordEvent:
+    seq: int
+    kind: str
+    actor: str
+    reason: str
+    from_phase: Phase
+    to_phase: Phase
+    step_index: int
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    kind: str
+    text: str
+
+
+Action = PublishSplit | RecordEvent | Notify
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    state: RolloutState
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
+
+    @property
+    def events(self) -> list[RecordEvent]:
+        return [a for a in self.actions if isinstance(a, RecordEvent)]
+
+
+CONTROLLER = "controller"
+
+
+def result_to_dict(result: CriterionResult) -> dict[str, Any]:
+    return {name: (getattr(result, name).value if name == "verdict" else getattr(result, name))
+            for name in CriterionResult.__dataclass_fields__}
+
+
+def _evidence(evaluation: Evaluation | None) -> dict[str, Any]:
+    if evaluation is None:
+        return {}
+    return {
+        "verdict": evaluation.verdict.value,
+        "results": [result_to_dict(r) for r in evaluation.results],
+        "step_samples": {"baseline": evaluation.step_samples_baseline,
+                         "candidate": evaluation.step_samples_candidate},
+    }
+
+
+def _move(state: RolloutState, to: Phase, *, kind: str, actor: str, reason: str, now: datetime,
+          evidence: dict[str, Any] | None = None, notify: bool = True, **changes: Any) -> Transition:
+    """Apply one transition: the new state, its event, its split and (on phase changes) a notification."""
+    if to not in ALLOWED[state.phase]:
+        raise Conflict(f"rollout {state.rollout_id} cannot go from {state.phase.value} to {to.value}")
+    new = replace(state, phase=to, seq=state.seq + 1, reason=reason, **changes)
+    actions: list[Action] = [RecordEvent(
+        seq=new.seq, kind=kind, actor=actor, reason=reason, from_phase=state.phase, to_phase=to,
+        step_index=new.step_index, evidence=evidence or {},
+    )]
+    if (new.weights, new.shadow, new.step_index) != (state.weights, state.shadow, state.step_index) \
+            or (state.started_at is None and new.started_at is not None):
+        actions.append(PublishSplit(weights=new.weights, shadow=new.shadow, step=new.step_index))
+    if notify and (to is not state.phase or kind in ("advanced", "deadline")):
+        actions.append(Notify(kind=kind, text=f"rollout {state.rollout_id} of {state.spec.model} "
+                                              f"({state.spec.candidate} vs {state.spec.baseline}): {reason}"))
+    return Transition(new, tuple(actions))
+
+
+def _enter_step(index: int, spec: RolloutSpec) -> tuple[Phase, float]:
+    step = spec.steps[index]
+    return (Phase.SHADOW if step.shadow else Phase.PROGRESSING), step.weight_pct
+
+
+def _describe_step(spec: RolloutSpec, index: int) -> str:
+    step = spec.steps[index]
+    what = "shadow (0 % served, mirrored)" if step.shadow else f"{step.weight_pct:g} %"
+    return f"step {index + 1} of {len(spec.steps)}: {what}"
+
+
+def step(state: RolloutState, now: datetime, evaluation: Evaluation | None = None,
+         command: Command | None = None) -> Transition:
+    """The one entry point: a command if given, else the automatic decision at `now`."""
+    if now.tzinfo is None:
+        raise InvalidInput("now must be timezone-aware UTC")
+    if command is not None:
+        return _apply_command(state, now, command)
+    return _decide(state, now, evaluation)
+
+
+def _decide(state: RolloutState, now: datetime, evaluation: Evaluation | None) -> Transition:
+    spec = state.spec
+    if state.phase.terminal or (state.phase is Phase.PAUSED and state.started_at is None):
+        return Transition(state)
+    if state.phase is Phase.PENDING:
+        phase, weight = _enter_step(0, spec)
+        return _move(state, phase, kind="started", actor=CONTROLLER, now=now,
+                     reason=f"started at {_describe_step(spec, 0)}", weight_pct=weight,
+                     started_at=now, step_started_at=now, step_index=0)
+    if evaluation is None:
+        return Transition(state)
+    # A pause holds the schedule, not the safety net: a failing criterion still rolls back.
+    if evaluation.verdict is Verdict.FAIL:
+        failing = [r for r in evaluation.results if r.verdict is Verdict.FAIL]
+        because = "; ".join(f"{r.criterion}: {r.message}" for r in failing) or "a criterion failed"
+        return _move(state, Phase.ROLLED_BACK, kind="rolled_back", actor=CONTROLLER, now=now,
+                     reason=f"rolled back at {_describe_step(spec, state.step_index)}: {because}",
+                     evidence=_evidence(evaluation), hold="", resume_phase=None)
+    if state.phase is Phase.PAUSED:
+        return Transition(state)
+    current = spec.steps[state.step_index]
+    started = state.step_started_at or now
+    elapsed_s = (now - started).total_seconds()
+    if (evaluation.verdict is Verdict.PASS and elapsed_s >= current.min_duration_s
+            and evaluation.step_samples >= current.min_samples):
+        if state.step_index + 1 >= len(spec.steps):
+            return _move(state, Phase.PROMOTED, kind="promoted", actor=CONTROLLER, now=now,
+                         reason=f"promoted: every criterion passed at {_describe_step(spec, state.step_index)}",
+                         evidence=_evidence(evaluation))
+        nxt = state.step_index + 1
+        phase, weight = _enter_step(nxt, spec)
+        return _move(state, phase, kind="advanced", actor=CONTROLLER, now=now,
+                     reason=f"advanced to {_describe_step(spec, nxt)}: every criterion passes after "
+                            f"{elapsed_s:.0f} s and {evaluation.step_samples} samples per arm",
+                     evidence=_evidence(evaluation), step_index=nxt, weight_pct=weight,
+                     step_started_at=now, deadline_noted=False)
+    if current.max_duration_s is not None and elapsed_s >= current.max_duration_s:
+        return _deadline(state, now, evaluation, elapsed_s)
+    return Transition(state)
+
+
+def _deadline(state: RolloutState, now: datetime, evaluation: Evaluation, elapsed_s: float) -> Transition:
+    spec = state.spec
+    pending = [r for r in evaluation.results if r.verdict is not Verdict.PASS]
+    why = "; ".join(f"{r.criterion}: {r.message}" for r in pending) or (
+        f"{evaluation.step_samples} of {spec.steps[state.step_index].min_samples} samples per arm")
+    base = f"{_describe_step(spec, state.step_index)} reached its deadline after {elapsed_s:.0f} s undecided ({why})"
+    if spec.on_deadline is DeadlinePolicy.ROLLBACK:
+        return _move(state, Phase.ROLLED_BACK, kind="rolled_back", actor=CONTROLLER, now=now,
+                     reason=f"rolled back by policy: {base}", evidence=_evidence(evaluation))
+    if state.deadline_noted:
+        return Transition(state)
+    return _move(state, state.phase, kind="deadline", actor=CONTROLLER, now=now,
+                 reason=f"holding, never promoting on undecided: {base}; resume waits for a verdict, "
+                        "or promote/abort by hand", evidence=_evidence(evaluation), deadline_noted=True)
+
+
+def _apply_command(state: RolloutState, now: datetime, command: Command) -> Transition:
+    rule = COMMANDS.get(command.kind)
+    if rule is None:
+        raise InvalidInput(f"unknown command {command.kind!r}; accepted: {sorted(COMMANDS)}")
+    if command.role not in ROLES:
+        raise InvalidInput(f"unknown role {command.role!r}; accepted: {list(ROLES)}")
+    verb = command.kind.replace("_", "-")
+    if ROLES.index(command.role) < ROLES.index(rule.role):
+        raise Forbidden(f"{verb} needs the {rule.role} role; {command.actor} is {command.role}")
+    if state.phase not in rule.phases:
+        raise Conflict(f"cannot {verb} rollout {state.rollout_id}: it is {state.phase.value}; "
+                       f"{verb} applies to {rule.applies_to}")
+    who = f" by {command.actor}" + (f": {command.reason}" if command.reason else "")
+    spec = state.spec
+    if command.kind == "pause":
+        resume = state.resume_phase if state.phase is Phase.PAUSED else state.phase
+        return _move(state, Phase.PAUSED, kind="paused", actor=command.actor, now=now,
+                     reason=f"paused at {_describe_step(spec, state.step_index)}{who}",
+                     hold="paused", resume_phase=resume)
+    if command.kind == "resume":
+        back = state.resume_phase or Phase.PENDING
+        weight = spec.steps[state.step_index].weight_pct if back is not Phase.PENDING else 0.0
+        return _move(state, back, kind="resumed", actor=command.actor, now=now,
+                     reason=f"resumed at {_describe_step(spec, state.step_index)}{who}",
+                     hold="", resume_phase=None, weight_pct=weight, step_started_at=now, deadline_noted=False)
+    if command.kind == "set_weight":
+        weight = _check_weight(command.weight_pct)
+        resume = state.resume_phase if state.phase is Phase.PAUSED else state.phase
+        return _move(state, Phase.PAUSED, kind="weight_set", actor=command.actor, now=now,
+                     reason=f"candidate weight set to {weight:g} %{who}; the schedule holds until resume",
+                     hold="manual", resume_phase=resume, weight_pct=weight)
+    if command.kind == "promote":
+        return _move(state, Phase.PROMOTED, kind="override_promoted", actor=command.actor, now=now,
+                     reason=f"promoted by hand (override){who}", evidence={"override": True},
+                     hold="", resume_phase=None)
+    return _move(state, Phase.ABORTED, kind="aborted", actor=command.actor, now=now,
+                 reason=f"aborted{who}", hold="", resume_phase=None)
+
+
+def _check_weight(value: float | None) -> float:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+            or not 0 <= value <= 100:
+        raise InvalidInput(f"weight_pct must be a number in [0, 100], got {value!r}")
+    return float(value)
+
+
+def state_to_dict(state: RolloutState) -> dict[str, Any]:
+    """The JSON kept in rollouts.state (the spec lives in its own column)."""
+    def ts(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+    return {
+        "phase": state.phase.value, "step_index": state.step_index, "weight_pct": state.weight_pct,
+        "started_at": ts(state.started_at), "step_started_at": ts(state.step_started_at),
+        "hold": state.hold, "resume_phase": state.resume_phase.value if state.resume_phase else None,
+        "deadline_noted": state.deadline_noted, "seq": state.seq, "reason": state.reason,
+    }
+
+
+def state_from_dict(rollout_id: int, spec: RolloutSpec, data: Mapping[str, Any]) -> RolloutState:
+    def ts(value: Any) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+    if not data:
+        return RolloutState(rollout_id=rollout_id, spec=spec)
+    resume = data.get("resume_phase")
+    return RolloutState(
+        rollout_id=rollout_id, spec=spec, phase=Phase(data["phase"]), step_index=int(data["step_index"]),
+        weight_pct=float(data["weight_pct"]), started_at=ts(data.get("started_at")),
+        step_started_at=ts(data.get("step_started_at")), hold=str(data.get("hold", "")),
+        resume_phase=Phase(resume) if resume else None, deadline_noted=bool(data.get("deadline_noted")),
+        seq=int(data.get("seq", 0)), reason=str(data.get("reason", "")),
+    )
+
