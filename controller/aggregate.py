@@ -1,0 +1,212 @@
+"""Samples → per-window rows → Observations: a pure fold plus the few queries that store and load windows.
+
+A window holds one variant of one rollout step over `window_s` seconds; its `data` keeps the raw latencies,
+memory readings and labels by request id, so every decision can be replayed from the windows alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from controller.observations import ArmObservations, Observations, PairedCounts
+from modelroll.db import SampleCursorRow, SampleWindowRow
+from modelroll.live.base import Sample
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 10.0
+CURSOR = "controller"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An active rollout as the fold sees it: which variants are its arms and which step it is at."""
+
+    rollout_id: int
+    model: str
+    baseline: str
+    candidate: str
+    step_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowKey:
+    rollout_id: int
+    variant: str
+    step_index: int
+    window_start: datetime
+
+
+@dataclass(slots=True)
+class Window:
+    """The running totals of one window (a row of sample_windows, in memory)."""
+
+    requests: int = 0
+    errors: int = 0
+    shadow_requests: int = 0
+    labelled: int = 0
+    correct: int = 0
+    latency_sum_ms: float = 0.0
+    cpu_sum_ms: float = 0.0
+    memory_bytes_max: int = 0
+    latency_ms: list[float] = field(default_factory=list)
+    memory_bytes: list[float] = field(default_factory=list)
+    labels: dict[str, bool] = field(default_factory=dict)
+    total_sum_ms: float = 0.0
+
+    def add(self, sample: Sample) -> None:
+        if sample.kind == "request":
+            self.requests += 1
+            self.shadow_requests += int(sample.shadow)
+            self.cpu_sum_ms += sample.cpu_ms
+            if sample.status == "ok":
+                self.latency_ms.append(float(sample.latency_ms))
+                self.latency_sum_ms += sample.latency_ms
+                self.total_sum_ms += sample.total_ms
+            else:
+                self.errors += 1
+        elif sample.kind == "memory":
+            self.memory_bytes.append(float(sample.memory_bytes))
+            self.memory_bytes_max = max(self.memory_bytes_max, int(sample.memory_bytes))
+        elif sample.kind == "feedback" and sample.correct is not None:
+            self.labelled += 1
+            self.correct += int(bool(sample.correct))
+            if sample.request_id:
+                self.labels[sample.request_id] = bool(sample.correct)
+
+    def merge_into(self, row: SampleWindowRow) -> None:
+        row.requests = (row.requests or 0) + self.requests
+        row.errors = (row.errors or 0) + self.errors
+        row.shadow_requests = (row.shadow_requests or 0) + self.shadow_requests
+        row.labelled = (row.labelled or 0) + self.labelled
+        row.correct = (row.correct or 0) + self.correct
+        row.latency_sum_ms = (row.latency_sum_ms or 0.0) + self.latency_sum_ms
+        row.cpu_sum_ms = (row.cpu_sum_ms or 0.0) + self.cpu_sum_ms
+        row.memory_bytes_max = max(row.memory_bytes_max or 0, self.memory_bytes_max)
+        data = dict(row.data or {})
+        data["latency_ms"] = [*data.get("latency_ms", []), *self.latency_ms]
+        data["memory_bytes"] = [*data.get("memory_bytes", []), *self.memory_bytes]
+        data["labels"] = {**data.get("labels", {}), **self.labels}
+        data["total_sum_ms"] = float(data.get("total_sum_ms", 0.0)) + self.total_sum_ms
+        row.data = data  # a new dict, so the ORM sees the change
+
+
+def id_key(sample_id: str) -> tuple[int, int]:
+    """Order of live-channel sample ids ("<ms>-<seq>", as Redis streams number them)."""
+    ms, _, seq = sample_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def fold(samples: Iterable[Sample], routes: Mapping[int, Route], by_model: Mapping[str, Route],
+         window_s: float = WINDOW_S) -> tuple[dict[WindowKey, Window], int]:
+    """Group samples into windows of active rollouts; returns the windows and how many samples fit none."""
+    windows: dict[WindowKey, Window] = {}
+    skipped = 0
+    for sample in samples:
+        route = routes.get(sample.rollout_id) if sample.rollout_id is not None else by_model.get(sample.model)
+        if route is None or sample.variant not in (route.baseline, route.candidate):
+            skipped += 1
+            continue
+        start = datetime.fromtimestamp(sample.ts - sample.ts % window_s, tz=UTC)
+        step_index = sample.step if sample.step is not None else route.step_index
+        key = WindowKey(route.rollout_id, sample.variant, step_index, start)
+        windows.setdefault(key, Window()).add(sample)
+    return windows, skipped
+
+
+def observations(windows: Sequence[SampleWindowRow], baseline: str, candidate: str, looks: int = 1,
+                 offline_memory_bytes: int | None = None) -> Observations:
+    """Both arms since the rollout started (cumulative over steps), from its windows in time order."""
+    ordered = sorted(windows, key=lambda w: (w.window_start, w.id or 0))
+
+    def arm(variant: str, offline: int | None = None) -> ArmObservations:
+        mine = [w for w in ordered if w.variant == variant]
+        return ArmObservations(
+            latency_ms=np.asarray([x for w in mine for x in (w.data or {}).get("latency_ms", [])], dtype=np.float64),
+            requests=sum(w.requests for w in mine), errors=sum(w.errors for w in mine),
+            memory_bytes=np.asarray([x for w in mine for x in (w.data or {}).get("memory_bytes", [])],
+                                    dtype=np.float64),
+            labelled=sum(w.labelled for w in mine), correct=sum(w.correct for w in mine),
+            offline_memory_bytes=offline,
+        )
+
+    def labels(variant: str) -> dict[str, bool]:
+        out: dict[str, bool] = {}
+        for w in ordered:
+            if w.variant == variant:
+                out.update((w.data or {}).get("labels", {}))
+        return out
+
+    return Observations(baseline=arm(baseline), candidate=arm(candidate, offline_memory_bytes),
+                        paired=pair(labels(baseline), labels(candidate)), looks=looks)
+
+
+def pair(baseline: Mapping[str, bool], candidate: Mapping[str, bool]) -> PairedCounts:
+    """Shadow pairs: the labelled requests both arms answered (they share the request id)."""
+    counts = {"both_correct": 0, "baseline_only": 0, "candidate_only": 0, "neither": 0}
+    for request_id in baseline.keys() & candidate.keys():
+        b, c = baseline[request_id], candidate[request_id]
+        counts["both_correct" if b and c else "baseline_only" if b else "candidate_only" if c else "neither"] += 1
+    return PairedCounts(**counts)
+
+
+# --- the database side ------------------------------------------------------------------------
+
+
+def read_cursor(session: Session, name: str = CURSOR) -> str | None:
+    row = session.get(SampleCursorRow, name)
+    return row.last_id if row is not None else None
+
+
+def fresh(ids: Sequence[str], samples: Sequence[Sample], cursor: str | None) -> tuple[list[Sample], str | None]:
+    """The samples after the cursor (a redelivery after a crash is skipped), and the new cursor."""
+    if cursor is None:
+        return list(samples), max(ids, key=id_key) if ids else None
+    floor = id_key(cursor)
+    kept = [s for i, s in zip(ids, samples, strict=True) if id_key(i) > floor]
+    newest = max([cursor, *ids], key=id_key)
+    return kept, newest
+
+
+def store(session: Session, windows: Mapping[WindowKey, Window], cursor: str | None, name: str = CURSOR,
+          window_s: float = WINDOW_S) -> None:
+    """Merge the windows into their rows and move the cursor, in the caller's transaction."""
+    for key, window in windows.items():
+        row = session.scalars(select(SampleWindowRow).where(
+            SampleWindowRow.rollout_id == key.rollout_id, SampleWindowRow.variant == key.variant,
+            SampleWindowRow.step_index == key.step_index, SampleWindowRow.window_start == key.window_start,
+        ).with_for_update()).first()
+        if row is None:
+            row = SampleWindowRow(rollout_id=key.rollout_id, variant=key.variant, step_index=key.step_index,
+                                  window_start=key.window_start,
+                                  window_end=datetime.fromtimestamp(key.window_start.timestamp() + window_s, tz=UTC),
+                                  data={})
+            session.add(row)
+        window.merge_into(row)
+    if cursor is not None:
+        existing = session.get(SampleCursorRow, name)
+        if existing is None:
+            session.add(SampleCursorRow(name=name, last_id=cursor))
+        else:
+            existing.last_id = cursor
+
+
+def load_windows(session: Session, rollout_id: int) -> list[SampleWindowRow]:
+    return list(session.scalars(select(SampleWindowRow).where(SampleWindowRow.rollout_id == rollout_id)))
+
+
+def step_counts(session: Session, rollout_id: int, step_index: int, baseline: str, candidate: str) -> tuple[int, int]:
+    """Requests each arm answered in the current step (a step's minimum samples count these)."""
+    rows = session.execute(select(SampleWindowRow.variant, func.sum(SampleWindowRow.requests)).where(
+        SampleWindowRow.rollout_id == rollout_id, SampleWindowRow.step_index == step_index,
+    ).group_by(SampleWindowRow.variant)).all()
+    totals: dict[str, Any] = {variant: int(total or 0) for variant, total in rows}
+    return totals.get(baseline, 0), totals.get(candidate, 0)

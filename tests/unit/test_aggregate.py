@@ -1,0 +1,95 @@
+"""Folding samples into windows and windows into observations: counts, order, pairs and redelivery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+
+from controller.aggregate import Route, Window, fold, fresh, id_key, observations, pair
+from modelroll.db import SampleWindowRow
+from modelroll.live.base import Sample
+
+ROUTE = Route(rollout_id=4, model="digits", baseline="fp32", candidate="int8", step_index=1)
+ROUTES = {4: ROUTE}
+BY_MODEL = {"digits": ROUTE}
+
+
+def req(variant: str, ts: float, latency_ms: float, status: str = "ok", **kw: object) -> Sample:
+    return Sample(kind="request", model="digits", variant=variant, ts=ts, rollout_id=4, step=1,
+                  latency_ms=latency_ms, status=status, **kw)  # type: ignore[arg-type]
+
+
+def rows(windows: dict, first_id: int = 1) -> list[SampleWindowRow]:  # type: ignore[type-arg]
+    out = []
+    for n, (key, window) in enumerate(windows.items()):
+        row = SampleWindowRow(id=first_id + n, rollout_id=key.rollout_id, variant=key.variant,
+                              step_index=key.step_index, window_start=key.window_start,
+                              window_end=key.window_start, data={})
+        window.merge_into(row)
+        out.append(row)
+    return out
+
+
+def test_fold_groups_by_rollout_variant_step_and_window() -> None:
+    samples = [req("fp32", 100.0, 5.0), req("fp32", 101.0, 6.0), req("int8", 109.9, 2.0),
+               req("int8", 110.0, 0.0, status="error"), req("int8", 111.0, 3.0, shadow=True),
+               Sample(kind="request", model="digits", variant="fp32", ts=112.0, latency_ms=7.0),  # no rollout id
+               req("other", 100.0, 1.0), Sample(kind="request", model="iris", variant="a", ts=1.0)]
+    windows, skipped = fold(samples, ROUTES, BY_MODEL)
+    assert skipped == 2
+    starts = sorted({k.window_start for k in windows})
+    assert starts == [datetime.fromtimestamp(100, UTC), datetime.fromtimestamp(110, UTC)]
+    by = {(k.variant, k.window_start.timestamp()): w for k, w in windows.items()}
+    assert by[("fp32", 100.0)].requests == 2 and by[("fp32", 100.0)].latency_ms == [5.0, 6.0]
+    late = by[("int8", 110.0)]
+    assert (late.requests, late.errors, late.shadow_requests, late.latency_ms) == (2, 1, 1, [3.0])
+    assert by[("fp32", 110.0)].latency_ms == [7.0]  # attributed to the model's active rollout
+
+
+def test_observations_are_cumulative_in_time_order_with_memory_and_labels() -> None:
+    samples = [req("fp32", 120.0, 9.0), req("fp32", 100.0, 8.0), req("int8", 100.0, 3.0),
+               Sample(kind="memory", model="digits", variant="int8", ts=101.0, rollout_id=4, memory_bytes=1000),
+               Sample(kind="memory", model="digits", variant="int8", ts=121.0, rollout_id=4, memory_bytes=1200),
+               Sample(kind="feedback", model="digits", variant="fp32", ts=102.0, rollout_id=4, request_id="r1",
+                      correct=True),
+               Sample(kind="feedback", model="digits", variant="int8", ts=102.0, rollout_id=4, request_id="r1",
+                      correct=False, shadow=True),
+               Sample(kind="feedback", model="digits", variant="int8", ts=103.0, rollout_id=4, request_id="r2",
+                      correct=True)]
+    windows, _ = fold(samples, ROUTES, BY_MODEL)
+    obs = observations(list(reversed(rows(windows))), "fp32", "int8", looks=3, offline_memory_bytes=900)
+    np.testing.assert_array_equal(obs.baseline.latency_ms, [8.0, 9.0])
+    np.testing.assert_array_equal(obs.candidate.memory_bytes, [1000.0, 1200.0])
+    assert (obs.candidate.labelled, obs.candidate.correct, obs.baseline.labelled) == (2, 1, 1)
+    assert obs.paired.baseline_only == 1 and obs.paired.n == 1
+    assert obs.looks == 3 and obs.candidate.offline_memory_bytes == 900
+
+
+def test_merging_a_window_twice_adds_up() -> None:
+    row = SampleWindowRow(rollout_id=4, variant="fp32", step_index=1, window_start=datetime.now(UTC),
+                          window_end=datetime.now(UTC), data={})
+    for _ in range(2):
+        w = Window()
+        w.add(req("fp32", 1.0, 4.0))
+        w.add(req("fp32", 1.0, 0.0, status="timeout"))
+        w.merge_into(row)
+    assert (row.requests, row.errors, row.data["latency_ms"]) == (4, 2, [4.0, 4.0])
+
+
+def test_pair_counts_each_outcome() -> None:
+    b = {"a": True, "b": True, "c": False, "d": False, "only-b": True}
+    c = {"a": True, "b": False, "c": True, "d": False, "only-c": False}
+    p = pair(b, c)
+    assert (p.both_correct, p.baseline_only, p.candidate_only, p.neither, p.n) == (1, 1, 1, 1, 4)
+
+
+def test_fresh_skips_samples_already_folded() -> None:
+    s = [req("fp32", 1.0, 1.0)] * 3
+    kept, cursor = fresh(["5-0", "5-1", "6-0"], s, "5-1")
+    assert len(kept) == 1 and cursor == "6-0"
+    kept, cursor = fresh(["5-0"], s[:1], "6-0")
+    assert kept == [] and cursor == "6-0"
+    kept, cursor = fresh(["10-0", "9-3"], s[:2], None)
+    assert len(kept) == 2 and cursor == "10-0"
+    assert id_key("10-0") > id_key("9-99")
