@@ -145,6 +145,9 @@ class RolloutRow(Base):
     weights: Mapped[dict[str, Any]] = mapped_column(default=dict)  # variant -> pct
     state: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the state machine's full state
     last_reason: Mapped[str] = mapped_column(Text, default="")
+    # The latest look of the statistics (results, counts, looks); written without bumping `version`
+    # so an operator's If-Match is not invalidated every reconcile tick.
+    evaluation: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(128), default="")
     version: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
