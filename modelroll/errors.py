@@ -6,6 +6,7 @@
     ├── Forbidden (403)      token lacks the role
     ├── NotFound (404)       unknown model, variant, rollout, job
     ├── Conflict (409)       stale version, duplicate name, illegal transition
+    │   └── Tampered         a stored artifact no longer matches its sha256
     ├── PayloadTooLarge (413)
     └── Unavailable (503)    a backend (database, Redis, runner) cannot be reached
 
@@ -42,6 +43,10 @@ class NotFound(ModelrollError):
 
 class Conflict(ModelrollError):
     status_code = 409
+
+
+class Tampered(Conflict):
+    """Stored bytes conflict with their recorded hash: retrying cannot help, re-registering can."""
 
 
 class PayloadTooLarge(ModelrollError):
