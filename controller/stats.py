@@ -1,0 +1,259 @@
+"""Per-criterion verdicts (pass / fail / undecided) from anytime-valid confidence sequences, valid at every look.
+
+Latency p50/p95 and memory: quantile CS per arm (Howard & Ramdas, Bernoulli 2022) turned into a ratio
+interval. Accuracy (paired or unpaired) and errors: betting CS for bounded means (Waudby-Smith & Ramdas,
+JRSS-B 2024). The overall alpha is split equally (Bonferroni) over the five criteria; see docs/statistics.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from controller.confseq import Interval, bounded_mean_bounds, quantile_intervals
+from controller.observations import ArmObservations, Observations
+from modelroll.errors import InvalidInput
+from modelroll.types import Criteria, CriterionResult, Verdict
+
+CRITERIA = ("latency_p50", "latency_p95", "memory", "accuracy", "errors")
+MEMORY_MIN_READINGS = 10  # gauge readings per arm before a memory verdict; also where its boundary is tightest
+_LEVELS = np.array([0.0, 0.5, 1.0])  # values of a Bernoulli draw (0, 1) or of a rescaled paired difference
+
+
+def criterion_alpha(criteria: Criteria) -> float:
+    """Each criterion's share of the overall alpha: Bonferroni over the five criteria."""
+    return criteria.alpha / len(CRITERIA)
+
+
+def overall(results: Sequence[CriterionResult]) -> Verdict:
+    """FAIL if any criterion fails, PASS if all pass, UNDECIDED otherwise (also for no results)."""
+    verdicts = [r.verdict for r in results]
+    if Verdict.FAIL in verdicts:
+        return Verdict.FAIL
+    if verdicts and all(v is Verdict.PASS for v in verdicts):
+        return Verdict.PASS
+    return Verdict.UNDECIDED
+
+
+def evaluate(criteria: Criteria, obs: Observations) -> list[CriterionResult]:
+    """One result per criterion, in CRITERIA order; a pure function of the observations."""
+    _check(obs)
+    alpha = criterion_alpha(criteria)
+    latency = _latency(criteria, obs, alpha)
+    return [*latency, _memory(criteria, obs, alpha), _accuracy(criteria, obs, alpha), _errors(criteria, obs, alpha)]
+
+
+def _check(obs: Observations) -> None:
+    for role, arm in (("baseline", obs.baseline), ("candidate", obs.candidate)):
+        counts = {"requests": arm.requests, "errors": arm.errors, "labelled": arm.labelled, "correct": arm.correct}
+        for name, value in counts.items():
+            if value < 0:
+                raise InvalidInput(f"{role} {name} must be >= 0, got {value}")
+        if arm.errors > arm.requests:
+            raise InvalidInput(f"{role} errors ({arm.errors}) cannot exceed its requests ({arm.requests})")
+        if arm.correct > arm.labelled:
+            raise InvalidInput(f"{role} correct ({arm.correct}) cannot exceed its labelled ({arm.labelled})")
+    paired = obs.paired
+    if min(paired.both_correct, paired.baseline_only, paired.candidate_only, paired.neither) < 0:
+        raise InvalidInput(f"paired counts must be >= 0, got {paired}")
+
+
+def _clean(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Finite, non-negative readings and how many others were dropped (a latency or memory cannot be < 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(values) & (values >= 0)
+    if ok.all():
+        return values, 0
+    return values[ok], int(values.size - np.count_nonzero(ok))
+
+
+def _ratio(base: Interval, cand: Interval) -> tuple[float, float, float]:
+    """Interval of cand/base from per-arm intervals: [L_c / U_b, U_c / L_b] (both arms are >= 0)."""
+    low = max(cand.low, 0.0) / base.high if base.high > 0 else 0.0
+    high = cand.high / base.low if base.low > 0 else math.inf
+    estimate = cand.estimate / base.estimate if base.estimate > 0 else math.inf
+    return low, estimate, high
+
+
+def _ratio_verdict(low: float, high: float, limit: float) -> Verdict:
+    if high <= limit:
+        return Verdict.PASS
+    if low > limit:
+        return Verdict.FAIL
+    return Verdict.UNDECIDED
+
+
+def _word(verdict: Verdict) -> str:
+    return {Verdict.PASS: "passes", Verdict.FAIL: "fails", Verdict.UNDECIDED: "not decided yet"}[verdict]
+
+
+def _num(value: float | None, fmt: str = ".2f") -> str:
+    if value is None or math.isnan(value):
+        return "?"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return format(value, fmt)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _not_enough(name: str, threshold: float, method: str, have: tuple[int, int], need: int,
+                what: str = "samples") -> CriterionResult:
+    return CriterionResult(
+        criterion=name, verdict=Verdict.UNDECIDED, estimate=None, ci_low=None, ci_high=None,
+        threshold=threshold, baseline_value=None, candidate_value=None,
+        baseline_n=have[0], candidate_n=have[1], method=method,
+        message=f"not enough {what} yet: {min(have)} of {need} per arm",
+    )
+
+
+def _latency(criteria: Criteria, obs: Observations, alpha: float) -> list[CriterionResult]:
+    limit = criteria.latency_ratio_max
+    # The ratio's upper end uses the candidate's upper and the baseline's lower bound: alpha/4 each per side.
+    arm_alpha = alpha / 4.0
+    method = f"quantile confidence sequence ratio (Howard & Ramdas 2022), alpha {alpha:.4g}"
+    base, base_dropped = _clean(obs.baseline.latency_ms)
+    cand, cand_dropped = _clean(obs.candidate.latency_ms)
+    have = (int(base.size), int(cand.size))
+    names = (("latency_p50", "p50", 0.5), ("latency_p95", "p95", 0.95))
+    if min(have) < criteria.min_samples:
+        return [_not_enough(name, limit, method, have, criteria.min_samples) for name, _, _ in names]
+    ps = tuple(p for _, _, p in names)
+    base_iv = quantile_intervals(base, ps, arm_alpha, criteria.min_samples)
+    cand_iv = quantile_intervals(cand, ps, arm_alpha, criteria.min_samples)
+    dropped = base_dropped + cand_dropped
+    note = f" ({dropped} invalid latency values ignored)" if dropped else ""
+    results = []
+    for (name, label, _), b, c in zip(names, base_iv, cand_iv, strict=True):
+        low, estimate, high = _ratio(b, c)
+        verdict = _ratio_verdict(low, high, limit)
+        results.append(CriterionResult(
+            criterion=name, verdict=verdict, estimate=_finite(estimate), ci_low=_finite(low), ci_high=_finite(high),
+            threshold=limit, baseline_value=b.estimate, candidate_value=c.estimate,
+            baseline_n=have[0], candidate_n=have[1], method=method,
+            message=(f"candidate {label} is {_num(estimate)}× baseline [{_num(low)}, {_num(high)}], "
+                     f"needs ≤ {limit:.2f}×: {_word(verdict)}{note}"),
+        ))
+    return results
+
+
+def _offline_ratio(base: ArmObservations, cand: ArmObservations) -> float | None:
+    if base.offline_memory_bytes and cand.offline_memory_bytes is not None:
+        return cand.offline_memory_bytes / base.offline_memory_bytes
+    return None
+
+
+def _memory(criteria: Criteria, obs: Observations, alpha: float) -> CriterionResult:
+    limit = criteria.memory_ratio_max
+    method = f"median confidence sequence ratio of memory gauges (Howard & Ramdas 2022), alpha {alpha:.4g}"
+    requests = (obs.baseline.requests, obs.candidate.requests)
+    if min(requests) < criteria.min_samples:
+        return _not_enough("memory", limit, method, requests, criteria.min_samples)
+    base, _ = _clean(obs.baseline.memory_bytes)
+    cand, _ = _clean(obs.candidate.memory_bytes)
+    readings = (int(base.size), int(cand.size))
+    if min(readings) < MEMORY_MIN_READINGS:
+        return _not_enough("memory", limit, method, readings, MEMORY_MIN_READINGS, "memory readings")
+    (b,) = quantile_intervals(base, (0.5,), alpha / 4.0, MEMORY_MIN_READINGS)
+    (c,) = quantile_intervals(cand, (0.5,), alpha / 4.0, MEMORY_MIN_READINGS)
+    low, estimate, high = _ratio(b, c)
+    verdict = _ratio_verdict(low, high, limit)
+    offline = _offline_ratio(obs.baseline, obs.candidate)
+    offline_note = f" (offline {offline:.2f}×)" if offline is not None else ""
+    return CriterionResult(
+        criterion="memory", verdict=verdict, estimate=_finite(estimate), ci_low=_finite(low), ci_high=_finite(high),
+        threshold=limit, baseline_value=b.estimate, candidate_value=c.estimate,
+        baseline_n=readings[0], candidate_n=readings[1], method=method,
+        message=(f"candidate memory is {_num(estimate)}× baseline [{_num(low)}, {_num(high)}]{offline_note}, "
+                 f"needs ≤ {limit:.2f}×: {_word(verdict)}"),
+    )
+
+
+def _difference_verdict(low: float, high: float, limit: float) -> Verdict:
+    """For a difference that must stay >= limit (accuracy): pass when its lower end clears it."""
+    if low >= limit:
+        return Verdict.PASS
+    if high < limit:
+        return Verdict.FAIL
+    return Verdict.UNDECIDED
+
+
+def _points(value: float) -> str:
+    return f"{value * 100:+.1f}".replace("-", "−")
+
+
+def _accuracy(criteria: Criteria, obs: Observations, alpha: float) -> CriterionResult:
+    limit = -criteria.accuracy_drop_max
+    base, cand, paired = obs.baseline, obs.candidate, obs.paired
+    if criteria.accuracy_drop_max >= 1.0:
+        return CriterionResult(
+            criterion="accuracy", verdict=Verdict.PASS, estimate=None, ci_low=None, ci_high=None,
+            threshold=limit, baseline_value=None, candidate_value=None, baseline_n=base.labelled,
+            candidate_n=cand.labelled, method="not gated",
+            message="accuracy is not gated: accuracy_drop_max is 1.0 (any drop allowed): passes",
+        )
+    if paired.n > 0:
+        # Shadow pairs: d = candidate right - baseline right in {-1, 0, 1}, rescaled to (d + 1) / 2 in [0, 1].
+        method = f"paired betting confidence sequence on shadow pairs (Waudby-Smith & Ramdas 2024), alpha {alpha:.4g}"
+        if paired.n < criteria.min_samples:
+            return _not_enough("accuracy", limit, method, (paired.n, paired.n), criteria.min_samples,
+                               "labelled shadow pairs")
+        ties = paired.both_correct + paired.neither
+        lo, hi = bounded_mean_bounds(_LEVELS, np.array([[paired.baseline_only, ties, paired.candidate_only]]),
+                                     alpha / 2.0)
+        low, high = 2.0 * float(lo[0]) - 1.0, 2.0 * float(hi[0]) - 1.0
+        base_acc = (paired.both_correct + paired.baseline_only) / paired.n
+        cand_acc = (paired.both_correct + paired.candidate_only) / paired.n
+        counts, source = (paired.n, paired.n), f" ({paired.n} shadow pairs)"
+    else:
+        method = f"unpaired betting confidence sequences per arm (Waudby-Smith & Ramdas 2024), alpha {alpha:.4g}"
+        counts = (base.labelled, cand.labelled)
+        if min(counts) < criteria.min_samples:
+            return _not_enough("accuracy", limit, method, counts, criteria.min_samples, "labelled predictions")
+        table = np.array([[base.labelled - base.correct, 0, base.correct],
+                          [cand.labelled - cand.correct, 0, cand.correct]])
+        lo, hi = bounded_mean_bounds(_LEVELS, table, alpha / 4.0)
+        low, high = float(lo[1] - hi[0]), float(hi[1] - lo[0])
+        base_acc, cand_acc = base.correct / base.labelled, cand.correct / cand.labelled
+        source = f" ({counts[0]} and {counts[1]} labelled, unpaired)"
+    estimate = cand_acc - base_acc
+    verdict = _difference_verdict(low, high, limit)
+    return CriterionResult(
+        criterion="accuracy", verdict=verdict, estimate=estimate, ci_low=low, ci_high=high, threshold=limit,
+        baseline_value=base_acc, candidate_value=cand_acc, baseline_n=counts[0], candidate_n=counts[1],
+        method=method,
+        message=(f"accuracy {_points(estimate)} points [{_points(low)}, {_points(high)}] "
+                 f"vs budget {_points(limit)}{source}: {_word(verdict)}"),
+    )
+
+
+def _errors(criteria: Criteria, obs: Observations, alpha: float) -> CriterionResult:
+    limit = criteria.error_rate_tolerance
+    base, cand = obs.baseline, obs.candidate
+    method = f"betting confidence sequences on each arm's error rate (Waudby-Smith & Ramdas 2024), alpha {alpha:.4g}"
+    counts = (base.requests, cand.requests)
+    if min(counts) < criteria.min_samples:
+        return _not_enough("errors", limit, method, counts, criteria.min_samples)
+    table = np.array([[base.requests - base.errors, 0, base.errors], [cand.requests - cand.errors, 0, cand.errors]])
+    lo, hi = bounded_mean_bounds(_LEVELS, table, alpha / 4.0)
+    low, high = float(lo[1] - hi[0]), float(hi[1] - lo[0])
+    base_rate, cand_rate = base.errors / base.requests, cand.errors / cand.requests
+    estimate = cand_rate - base_rate
+    if high <= limit:
+        verdict = Verdict.PASS
+    elif low > limit:
+        verdict = Verdict.FAIL
+    else:
+        verdict = Verdict.UNDECIDED
+    return CriterionResult(
+        criterion="errors", verdict=verdict, estimate=estimate, ci_low=low, ci_high=high, threshold=limit,
+        baseline_value=base_rate, candidate_value=cand_rate, baseline_n=counts[0], candidate_n=counts[1],
+        method=method,
+        message=(f"candidate error rate {cand_rate:.2%} vs baseline {base_rate:.2%}: difference "
+                 f"{_points(estimate)} points [{_points(low)}, {_points(high)}], allowed ≤ {_points(limit)}: "
+                 f"{_word(verdict)}"),
+    )
