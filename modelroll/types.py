@@ -18,7 +18,7 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 def check_name(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
         raise InvalidInput(
             f"{kind} {value!r} is not a valid name: use 1-63 lowercase letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
