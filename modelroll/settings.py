@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="", description="redis://...; empty = in-process live channel.")
     redis_prefix: str = Field(default="modelroll:", description="Prefix of every Redis key.")
     redis_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    live_samples_max_len: int = Field(default=1_000_000, ge=1, description="Samples kept in the live log.")
     artifacts_dir: Path | None = Field(default=None, description="Default: home/artifacts.")
 
     # router

@@ -138,6 +138,10 @@ class LiveChannel(abc.ABC):
     @abc.abstractmethod
     def ack_samples(self, group: str, ids: Sequence[str]) -> None: ...
 
+    @abc.abstractmethod
+    def trimmed_samples(self) -> int:
+        """Samples dropped by the length bound since the log began, so that no loss goes uncounted."""
+
     # --- feedback join ------------------------------------------------------------
     @abc.abstractmethod
     def put_prediction(self, request_id: str, record: bytes, ttl_s: float) -> None: ...

@@ -1,0 +1,298 @@
+"""The distributed live channel on Redis (>= 7.0), every key under one prefix.
+
+Splits: a hash (model -> json) + per-model version + pub/sub; samples and jobs: streams with consumer
+groups; predictions: keys with a PX TTL; leader lock: a key guarded by Lua with an INCR fencing token.
+Every Redis failure becomes `Unavailable` within the configured socket timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from modelroll.errors import InvalidInput, Unavailable
+from modelroll.live.base import Job, LiveChannel, Sample, SampleBatch, SplitConfig, Subscription
+from modelroll.live.memory import DEFAULT_SAMPLES_MAX_LEN
+from modelroll.live.redis_jobs import RedisJobs, command
+from modelroll.live.redis_watch import RedisSplitWatcher
+
+_FIELD = b"d"  # the one field of a sample entry: its orjson bytes
+_PIPELINE_BATCH = 1000
+_ACK_BATCH = 10_000
+
+# KEYS: splits hash, versions hash, changes channel; ARGV: model, json without its closing `"version":N}`.
+_PUBLISH_SPLIT = """
+local v = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local doc = ARGV[2] .. v .. '}'
+redis.call('HSET', KEYS[1], ARGV[1], doc)
+redis.call('PUBLISH', KEYS[3], doc)
+return v
+"""
+# The lock key holds "<token>|<holder>"; KEYS: lock, fence counter; ARGV: holder, ttl ms.
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local token, holder = string.match(cur, '^(%d+)|(.*)$')
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(token)
+  end
+  return false
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token .. '|' .. ARGV[1], 'PX', ARGV[2])
+return token
+"""
+_RENEW = """
+local cur = redis.call('GET', KEYS[1])
+if cur and string.match(cur, '^%d+|(.*)$') == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and string.match(cur, '^%d+|(.*)$') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def ttl_ms(ttl_s: float, what: str) -> int:
+    if ttl_s <= 0:
+        raise InvalidInput(f"{what} must be positive, got {ttl_s}")
+    return max(1, round(ttl_s * 1000))
+
+
+class RedisChannel(LiveChannel):
+    """One connection pool shared by every thread; the split watcher opens its own connection."""
+
+    def __init__(self, url: str, prefix: str = "modelroll:", timeout_s: float = 1.0,
+                 samples_max_len: int = DEFAULT_SAMPLES_MAX_LEN) -> None:
+        if samples_max_len < 1:
+            raise InvalidInput(f"samples_max_len must be at least 1, got {samples_max_len}")
+        self._where = safe_url(url)
+        self._url = url
+        self._timeout_s = timeout_s
+        self._prefix = prefix
+        self._max_len = samples_max_len
+        self._client = self._new_client()
+        self._samples_key = prefix + "samples"
+        self._splits_key = prefix + "splits"
+        self._versions_key = prefix + "split-versions"
+        self._changes_key = prefix + "split-changes"
+        self._groups: set[str] = set()
+        self._publish = self._client.register_script(_PUBLISH_SPLIT)
+        self._acquire = self._client.register_script(_ACQUIRE)
+        self._renew = self._client.register_script(_RENEW)
+        self._release = self._client.register_script(_RELEASE)
+        self._jobs = RedisJobs(self._client, prefix)
+        self._watchers: list[RedisSplitWatcher] = []
+
+    def _new_client(self, **extra: Any) -> redis.Redis:
+        try:
+            # No client-side retries: one bounded attempt, then the caller hears `Unavailable`.
+            pool = redis.ConnectionPool.from_url(
+                self._url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s,
+                retry=Retry(NoBackoff(), 0), **extra)
+        except ValueError as exc:
+            raise InvalidInput(f"redis_url {self._where!r} is not a Redis URL ({exc}); accepted: "
+                               "redis://host:port/db, rediss://host:port/db, unix:///path") from exc
+        return redis.Redis(connection_pool=pool)
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise Unavailable(f"Redis at {self._where} is unreachable ({action}): {exc}; the router keeps "
+                              "serving the last split and modelroll retries when Redis is back") from exc
+        except RedisError as exc:
+            raise Unavailable(f"Redis at {self._where} refused to {action}: {exc}") from exc
+
+    # --- split config -------------------------------------------------------------
+    def publish_split(self, split: SplitConfig) -> SplitConfig:
+        doc = orjson.loads(split.to_bytes())
+        del doc["version"]
+        head = orjson.dumps(doc)[:-1] + b',"version":'
+        with self._guard(f"publish the split of {split.model!r}"):
+            version = int(self._publish(keys=[self._splits_key, self._versions_key, self._changes_key],
+                                        args=[split.model, head]))
+        return SplitConfig.from_bytes(head + str(version).encode() + b"}")
+
+    def get_splits(self) -> dict[str, SplitConfig]:
+        with self._guard("read the splits"):
+            raw = self._client.hgetall(self._splits_key)
+        splits = (SplitConfig.from_bytes(value) for value in raw.values())
+        return {split.model: split for split in splits}
+
+    def watch_splits(self, callback: Callable[[SplitConfig], None]) -> Subscription:
+        watcher = RedisSplitWatcher(
+            lambda: self._new_client(health_check_interval=max(1, round(self._timeout_s * 2)),
+                                     client_name=self._prefix + "watch"),
+            self._splits_key, self._changes_key, callback, where=self._where)
+        self._watchers.append(watcher)
+        return watcher
+
+    # --- samples ------------------------------------------------------------------
+    def append_samples(self, samples: Sequence[Sample]) -> None:
+        if not samples:
+            return
+        key, max_len = self._samples_key, self._max_len
+        with self._guard(f"append {len(samples)} samples"):
+            pipe = self._client.pipeline(transaction=False)
+            for start in range(0, len(samples), _PIPELINE_BATCH):
+                for sample in samples[start: start + _PIPELINE_BATCH]:
+                    command(pipe, "XADD", key, "MAXLEN", "~", max_len, "*", _FIELD, sample.to_bytes())
+                pipe.execute()
+
+    def read_samples(self, group: str, consumer: str, count: int, block_s: float = 0.0) -> SampleBatch:
+        if count < 1:
+            raise InvalidInput(f"count must be at least 1, got {count}")
+        deadline = time.monotonic() + max(block_s, 0.0)
+        with self._guard(f"read samples for group {group!r}"):
+            self._ensure_group(group)
+            batch = SampleBatch()
+            self._read_into(batch, group, consumer, count, "0", None)
+            while len(batch.ids) < count:
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                # Block in slices shorter than the socket timeout, and only when there is nothing to return.
+                block_ms = min(remaining_ms, int(self._timeout_s * 500)) if not batch.ids and remaining_ms > 0 else None
+                got = self._read_into(batch, group, consumer, count - len(batch.ids), ">", block_ms)
+                if got or block_ms is None:
+                    break
+            return batch
+
+    def _read_into(self, batch: SampleBatch, group: str, consumer: str, count: int, start: str,
+                   block_ms: int | None) -> int:
+        args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+        if block_ms is not None:
+            args += ["BLOCK", max(block_ms, 1)]
+        try:
+            reply = command(self._client, *args, "STREAMS", self._samples_key, start)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups.discard(group)  # the stream was deleted (e.g. Redis restarted empty)
+            self._ensure_group(group)
+            reply = command(self._client, *args, "STREAMS", self._samples_key, start)
+        if not reply:
+            return 0
+        gone: list[bytes] = []
+        entries = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        for entry_id, fields in entries:
+            if not fields:  # trimmed while pending: nothing left to redeliver
+                gone.append(entry_id)
+                continue
+            batch.ids.append(entry_id.decode())
+            batch.samples.append(Sample.from_bytes(fields[_FIELD] if isinstance(fields, dict) else fields[1]))
+        if gone:
+            self._client.xack(self._samples_key, group, *gone)
+        return len(entries)
+
+    def _ensure_group(self, group: str) -> None:
+        if group in self._groups:
+            return
+        try:
+            self._client.xgroup_create(self._samples_key, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(group)
+
+    def ack_samples(self, group: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._guard(f"acknowledge {len(ids)} samples of group {group!r}"):
+            for start in range(0, len(ids), _ACK_BATCH):
+                self._client.xack(self._samples_key, group, *ids[start: start + _ACK_BATCH])
+
+    def trimmed_samples(self) -> int:
+        with self._guard("read the sample log's length"):
+            try:
+                info = command(self._client, "XINFO", "STREAM", self._samples_key)
+            except ResponseError as exc:
+                if "no such key" in str(exc):
+                    return 0
+                raise
+        fields = dict(zip(info[::2], info[1::2], strict=True)) if isinstance(info, list) else info
+        return int(fields[b"entries-added"]) - int(fields[b"length"])
+
+    # --- feedback join ------------------------------------------------------------
+    def put_prediction(self, request_id: str, record: bytes, ttl_s: float) -> None:
+        px = ttl_ms(ttl_s, "prediction ttl_s")
+        with self._guard(f"store the prediction of request {request_id!r}"):
+            self._client.set(self._prefix + "prediction:" + request_id, record, px=px)
+
+    def take_prediction(self, request_id: str) -> bytes | None:
+        with self._guard(f"take the prediction of request {request_id!r}"):
+            value: Any = self._client.getdel(self._prefix + "prediction:" + request_id)
+        return None if value is None else bytes(value)
+
+    # --- job queue ----------------------------------------------------------------
+    def enqueue_job(self, queue: str, payload: bytes) -> str:
+        with self._guard(f"enqueue a job on {queue!r}"):
+            return self._jobs.enqueue(queue, payload)
+
+    def claim_job(self, queue: str, consumer: str, visibility_timeout_s: float,
+                  max_attempts: int) -> Job | None:
+        if max_attempts < 1:
+            raise InvalidInput(f"max_attempts must be at least 1, got {max_attempts}")
+        idle_ms = ttl_ms(visibility_timeout_s, "visibility_timeout_s")
+        with self._guard(f"claim a job from {queue!r}"):
+            return self._jobs.claim(queue, consumer, idle_ms, max_attempts)
+
+    def ack_job(self, job: Job) -> None:
+        with self._guard(f"acknowledge job {job.id} of {job.queue!r}"):
+            self._jobs.ack(job)
+
+    def dead_letters(self, queue: str) -> list[Job]:
+        with self._guard(f"read the dead letters of {queue!r}"):
+            return self._jobs.dead_letters(queue)
+
+    # --- leader lock --------------------------------------------------------------
+    def _lock_keys(self, name: str) -> list[str]:
+        key = self._prefix + "lock:" + name
+        return [key, key + ":fence"]
+
+    def acquire_lock(self, name: str, holder: str, ttl_s: float) -> int | None:
+        px = ttl_ms(ttl_s, "lock ttl_s")
+        with self._guard(f"acquire lock {name!r}"):
+            token = self._acquire(keys=self._lock_keys(name), args=[holder, px])
+        return None if token is None else int(token)
+
+    def renew_lock(self, name: str, holder: str, ttl_s: float) -> bool:
+        px = ttl_ms(ttl_s, "lock ttl_s")
+        with self._guard(f"renew lock {name!r}"):
+            return bool(self._renew(keys=self._lock_keys(name), args=[holder, px]))
+
+    def release_lock(self, name: str, holder: str) -> None:
+        with self._guard(f"release lock {name!r}"):
+            self._release(keys=self._lock_keys(name)[:1], args=[holder])
+
+    def close(self) -> None:
+        for watcher in self._watchers:
+            watcher.close()
+        self._watchers.clear()
+        self._client.close()
