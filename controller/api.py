@@ -1,0 +1,126 @@
+"""The ops API's shared pieces: the context every handler gets, auth dependencies, If-Match, row → JSON.
+
+The routes live in api_rollouts.py (rollouts, events) and api_models.py (models, variants, optimizations,
+audit); `api_router()` mounts them all under /v1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator
+from sqlalchemy.orm import Session
+
+from controller.auth import Principal, authenticate
+from controller.webhooks import WebhookNotifier
+from modelroll.db import RolloutRow
+from modelroll.errors import InvalidInput, ModelrollError
+from modelroll.live.base import LiveChannel
+from modelroll.settings import Settings
+
+MAX_ID = 2**31 - 1
+
+
+class PreconditionRequired(ModelrollError):
+    status_code = 428
+
+
+@dataclass(slots=True)
+class ApiContext:
+    settings: Settings
+    channel: LiveChannel | None
+    session_factory: Callable[[], Session]
+    notifier: WebhookNotifier | None = None
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.ctx
+    return ctx
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `modelroll tokens create --role ROLE`.")
+
+
+def _principal(request: Request,
+               _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> Principal:
+    ctx = context(request)
+    return authenticate(ctx.settings, ctx.session_factory, request.headers.get("authorization"))
+
+
+def role(name: str) -> Callable[..., Principal]:
+    def dependency(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+        return principal.require(name)
+    return dependency
+
+
+Ctx = Annotated[ApiContext, Depends(context)]
+Viewer = Annotated[Principal, Depends(role("viewer"))]
+Operator = Annotated[Principal, Depends(role("operator"))]
+Admin = Annotated[Principal, Depends(role("admin"))]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+SafeStr = Annotated[str, AfterValidator(_no_nul)]
+
+_IF_MATCH = re.compile(r'^\s*(?:W/)?"?(\d{1,9})"?\s*$')
+
+
+def if_match(request: Request, rollout_id: int) -> int:
+    """The version the caller last saw, from `If-Match: "<version>"` (the ETag of GET /v1/rollouts/{id})."""
+    header = request.headers.get("if-match")
+    if header is None:
+        raise PreconditionRequired(
+            f'this change needs If-Match: "<version>"; GET /v1/rollouts/{rollout_id} and send its ETag')
+    match = _IF_MATCH.match(header)
+    if match is None:
+        raise InvalidInput(f'If-Match must be a rollout version like "3" (the ETag), got {header[:40]!r}')
+    return int(match.group(1))
+
+
+def etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def rollout_json(row: RolloutRow) -> dict[str, Any]:
+    spec = row.spec or {}
+    steps = spec.get("steps", [])
+    state = row.state or {}
+    current = steps[row.step_index] if 0 <= row.step_index < len(steps) else None
+    evaluation = row.evaluation or {}
+    return {
+        "id": row.id, "model": spec.get("model"), "baseline": spec.get("baseline"),
+        "candidate": spec.get("candidate"), "phase": row.phase, "version": row.version,
+        "step_index": row.step_index, "steps_total": len(steps), "step": current,
+        "weights": dict(row.weights or {}),
+        "shadow": spec.get("candidate") if current and current.get("shadow") and row.phase in (
+            "shadow", "paused") and state.get("started_at") and not state.get("weight_pct") else None,
+        "hold": state.get("hold", ""), "reason": row.last_reason, "created_by": row.created_by,
+        "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
+        "started_at": state.get("started_at"), "step_started_at": state.get("step_started_at"),
+        "verdict": evaluation.get("verdict"), "results": evaluation.get("results", []),
+        "evaluation": evaluation, "spec": spec,
+    }
+
+
+def api_router() -> APIRouter:
+    from controller import api_models, api_rollouts
+
+    router = APIRouter(prefix="/v1")
+    router.include_router(api_rollouts.router)
+    router.include_router(api_models.router)
+    return router

@@ -1,0 +1,148 @@
+"""Model, variant, optimization-job and audit endpoints (reads the optimizer's rows, never imports optimizer/)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controller.api import MAX_ID, Ctx, Operator, SafeStr, Viewer
+from controller.transitions import audit
+from modelroll.db import (
+    ArtifactRow,
+    AuditEntryRow,
+    CandidateReportRow,
+    ModelRow,
+    OptimizationJobRow,
+    RolloutRow,
+    VariantRow,
+)
+from modelroll.errors import InvalidInput, NotFound
+from modelroll.types import TERMINAL_PHASES, check_name
+
+router = APIRouter()
+
+ModelName = Annotated[str, Path(max_length=63, description="Model name.")]
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Optimization job id.")]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _model(session: Session, name: str) -> ModelRow:
+    check_name("model", name)
+    row = session.scalars(select(ModelRow).where(ModelRow.name == name)).first()
+    if row is None:
+        known = sorted(session.scalars(select(ModelRow.name)))
+        raise NotFound(f"model {name!r} is not registered; registered models: {known}")
+    return row
+
+
+def _variants(session: Session, model: ModelRow) -> list[dict[str, Any]]:
+    rows = session.execute(select(VariantRow, ArtifactRow).join(ArtifactRow, ArtifactRow.id == VariantRow.artifact_id)
+                           .where(VariantRow.model_id == model.id).order_by(VariantRow.id)).all()
+    names = {v.id: v.name for v, _ in rows}
+    return [{"name": v.name, "role": v.role, "parent": names.get(v.parent_id) if v.parent_id else None,
+             "recipe": v.recipe, "artifact_sha256": a.sha256, "size_bytes": a.size_bytes, "format": a.format,
+             "created_at": _iso(v.created_at)} for v, a in rows]
+
+
+def _model_json(session: Session, model: ModelRow, *, detail: bool) -> dict[str, Any]:
+    active = session.scalars(select(RolloutRow.id).where(
+        RolloutRow.model_id == model.id, RolloutRow.phase.not_in([p.value for p in TERMINAL_PHASES]))).first()
+    out: dict[str, Any] = {"name": model.name, "description": model.description,
+                           "created_at": _iso(model.created_at), "active_rollout": active}
+    variants = _variants(session, model)
+    out["variants"] = variants if detail else [v["name"] for v in variants]
+    return out
+
+
+@router.get("/models", tags=["models"], summary="Registered models with their variants")
+def list_models(ctx: Ctx, _: Viewer) -> dict[str, Any]:
+    with ctx.session_factory() as session:
+        models = session.scalars(select(ModelRow).order_by(ModelRow.name)).all()
+        return {"models": [_model_json(session, m, detail=False) for m in models]}
+
+
+@router.get("/models/{name}", tags=["models"], summary="One model, its variants and active rollout")
+def get_model(name: ModelName, ctx: Ctx, _: Viewer) -> dict[str, Any]:
+    with ctx.session_factory() as session:
+        return _model_json(session, _model(session, name), detail=True)
+
+
+@router.get("/models/{name}/variants", tags=["models"], summary="Variants of one model (baseline and candidates)")
+def list_variants(name: ModelName, ctx: Ctx, _: Viewer) -> dict[str, Any]:
+    with ctx.session_factory() as session:
+        return {"variants": _variants(session, _model(session, name))}
+
+
+def _job_json(session: Session, job: OptimizationJobRow, *, reports: bool) -> dict[str, Any]:
+    model = session.get(ModelRow, job.model_id)
+    out: dict[str, Any] = {
+        "id": job.id, "model": model.name if model else None, "status": job.status, "progress": job.progress,
+        "message": job.message, "error": job.error, "attempts": job.attempts, "request": job.request,
+        "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+    if reports:
+        rows = session.scalars(select(CandidateReportRow).where(CandidateReportRow.job_id == job.id)
+                               .order_by(CandidateReportRow.id))
+        out["reports"] = [{
+            "name": r.name, "status": r.status, "passed": r.passed, "error": r.error, "recipe": r.recipe,
+            "baseline": r.baseline_figures, "candidate": r.candidate_figures, "gates": r.gates, "tries": r.tries,
+            "variant": session.get(VariantRow, r.variant_id).name if r.variant_id else None,  # type: ignore[union-attr]
+        } for r in rows]
+    return out
+
+
+@router.post("/optimizations", tags=["optimizations"], status_code=202,
+             summary="Queue an optimization job for the optimizer's worker")
+def create_optimization(ctx: Ctx, who: Operator,
+                        body: Annotated[dict[str, Any], Body(examples=[{"model": "digits", "baseline": "fp32"}])],
+                        ) -> dict[str, Any]:
+    from modelroll import jobs  # the optimizer engineer's job submission, shared through modelroll/
+
+    request = jobs.OptimizationRequest.from_dict(body)
+    if ctx.channel is None:
+        raise InvalidInput("this API replica has no live channel to queue jobs on")
+    with ctx.session_factory() as session:
+        job = jobs.submit_job(session, ctx.channel, request, ctx.settings.effective_artifacts_dir)  # commits
+        audit(session, who.actor, "optimization.create", "optimization", job.id, {}, {"request": job.request})
+        session.commit()
+        return _job_json(session, job, reports=False)
+
+
+@router.get("/optimizations", tags=["optimizations"], summary="Optimization jobs, newest first")
+def list_optimizations(ctx: Ctx, _: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+    with ctx.session_factory() as session:
+        jobs = session.scalars(select(OptimizationJobRow).order_by(OptimizationJobRow.id.desc()).limit(limit))
+        return {"optimizations": [_job_json(session, j, reports=False) for j in jobs]}
+
+
+@router.get("/optimizations/{job_id}", tags=["optimizations"], summary="A job's status, progress and report")
+def get_optimization(job_id: JobId, ctx: Ctx, _: Viewer) -> dict[str, Any]:
+    with ctx.session_factory() as session:
+        job = session.get(OptimizationJobRow, job_id)
+        if job is None:
+            raise NotFound(f"optimization job {job_id} does not exist; list them with GET /v1/optimizations")
+        return _job_json(session, job, reports=True)
+
+
+@router.get("/audit", tags=["audit"], summary="Every change: who, when, before and after (operator role)")
+def list_audit(ctx: Ctx, _: Operator,
+               target_kind: Annotated[SafeStr | None, Query(max_length=32)] = None,
+               target_id: Annotated[SafeStr | None, Query(max_length=128)] = None,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
+    query = select(AuditEntryRow).order_by(AuditEntryRow.id.desc()).limit(limit)
+    if target_kind is not None:
+        query = query.where(AuditEntryRow.target_kind == target_kind)
+    if target_id is not None:
+        query = query.where(AuditEntryRow.target_id == target_id)
+    with ctx.session_factory() as session:
+        return {"entries": [{"id": a.id, "ts": a.ts.isoformat(), "actor": a.actor, "action": a.action,
+                             "target_kind": a.target_kind, "target_id": a.target_id, "before": a.before,
+                             "after": a.after} for a in session.scalars(query)]}

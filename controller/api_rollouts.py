@@ -1,0 +1,224 @@
+"""Rollout endpoints: create (fully validated), read, list, the manual commands (If-Match, 409 on conflict), events.
+
+A manual command runs through the same state machine as the reconciler, in one transaction with the version
+check; the reconciler then starts from the new state.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from controller.api import MAX_ID, Admin, Ctx, Operator, SafeStr, Viewer, etag, if_match, rollout_json
+from controller.auth import Principal
+from controller.machine import Command, RolloutState, state_to_dict, step
+from controller.transitions import apply_after_commit, audit, state_of, summary, write
+from modelroll.db import ModelRow, RolloutEventRow, RolloutRow, VariantRow
+from modelroll.errors import Conflict, NotFound
+from modelroll.types import TERMINAL_PHASES, Phase, RolloutSpec
+
+router = APIRouter(tags=["rollouts"])
+
+RolloutId = Annotated[int, Path(ge=1, le=MAX_ID, description="Rollout id.")]
+
+
+class StepIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weight_pct: float = Field(ge=0, le=100, description="Candidate share of traffic; 0 only for a shadow step.")
+    shadow: bool = False
+    min_duration_s: float = Field(default=60.0, ge=0, le=30 * 86400)
+    min_samples: int = Field(default=200, ge=0, le=10**9)
+    max_duration_s: float | None = Field(default=None, ge=0, le=365 * 86400)
+
+
+class CriteriaIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    latency_reduction_min: float | None = Field(default=None, ge=0, lt=1)
+    memory_reduction_min: float | None = Field(default=None, ge=0, lt=1)
+    accuracy_drop_max: float | None = Field(default=None, ge=0, le=1)
+    error_rate_tolerance: float | None = Field(default=None, ge=0, le=1)
+    alpha: float | None = Field(default=None, ge=1e-6, le=0.5)
+    min_samples: int | None = Field(default=None, ge=1, le=10**9)
+
+
+class RolloutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
+        "model": "digits", "baseline": "fp32", "candidate": "int8",
+        "steps": [{"weight_pct": 0, "shadow": True}, {"weight_pct": 5}, {"weight_pct": 100}]}})
+    model: SafeStr = Field(max_length=63)
+    baseline: SafeStr = Field(max_length=63)
+    candidate: SafeStr = Field(max_length=63)
+    steps: list[StepIn] | None = Field(default=None, min_length=1, max_length=100)
+    criteria: CriteriaIn | None = None
+    on_deadline: Literal["hold", "rollback"] = "hold"
+
+
+class ReasonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: SafeStr = Field(default="", max_length=1000, description="Why; recorded in the event and the audit.")
+
+
+class WeightIn(ReasonIn):
+    weight_pct: float = Field(ge=0, le=100, description="Candidate share of traffic, held until resume.")
+
+
+def _spec(body: RolloutIn) -> RolloutSpec:
+    data: dict[str, Any] = {"model": body.model, "baseline": body.baseline, "candidate": body.candidate,
+                            "on_deadline": body.on_deadline}
+    if body.steps is not None:
+        data["steps"] = [s.model_dump() for s in body.steps]
+    if body.criteria is not None:
+        data["criteria"] = body.criteria.model_dump(exclude_none=True)
+    return RolloutSpec.from_dict(data)
+
+
+def _variant(session: Session, model: ModelRow, name: str, what: str) -> VariantRow:
+    row = session.scalars(select(VariantRow).where(VariantRow.model_id == model.id, VariantRow.name == name)).first()
+    if row is None:
+        known = sorted(session.scalars(select(VariantRow.name).where(VariantRow.model_id == model.id)))
+        raise NotFound(f"{what} {name!r} is not a variant of model {model.name!r}; its variants: {known}")
+    return row
+
+
+@router.post("/rollouts", status_code=201, summary="Create a rollout (starts pending; the controller starts it)")
+def create_rollout(body: RolloutIn, ctx: Ctx, who: Operator, response: Response) -> dict[str, Any]:
+    spec = _spec(body)
+    with ctx.session_factory() as session, session.begin():
+        model = session.scalars(select(ModelRow).where(ModelRow.name == spec.model).with_for_update()).first()
+        if model is None:
+            known = sorted(session.scalars(select(ModelRow.name)))
+            raise NotFound(f"model {spec.model!r} is not registered; registered models: {known}")
+        baseline = _variant(session, model, spec.baseline, "baseline")
+        candidate = _variant(session, model, spec.candidate, "candidate")
+        active = session.scalars(select(RolloutRow).where(
+            RolloutRow.model_id == model.id, RolloutRow.phase.not_in([p.value for p in TERMINAL_PHASES]))).first()
+        if active is not None:
+            raise Conflict(f"model {spec.model!r} already has an active rollout {active.id} ({active.phase}): "
+                           "abort it or let it finish before creating another")
+        state = RolloutState(rollout_id=0, spec=spec, seq=1, reason=f"created by {who.actor}")
+        row = RolloutRow(model_id=model.id, baseline_variant_id=baseline.id, candidate_variant_id=candidate.id,
+                         spec=spec.to_dict(), phase=Phase.PENDING.value, step_index=0, weights=state.weights,
+                         state=state_to_dict(state), last_reason=state.reason, created_by=who.actor, evaluation={})
+        session.add(row)
+        session.flush()
+        session.add(RolloutEventRow(rollout_id=row.id, seq=1, kind="created", actor=who.actor, reason=state.reason,
+                                    from_phase="", to_phase=Phase.PENDING.value, step_index=0,
+                                    evidence={"spec": spec.to_dict()}))
+        audit(session, who.actor, "rollout.create", "rollout", row.id, {}, summary(row))
+        session.flush()
+        out = rollout_json(row)
+    response.headers.update(etag(out["version"]))
+    return out
+
+
+@router.get("/rollouts", summary="List rollouts, newest first")
+def list_rollouts(ctx: Ctx, _: Viewer,
+                  model: Annotated[SafeStr | None, Query(max_length=63)] = None,
+                  phase: Annotated[Phase | None, Query()] = None,
+                  active: Annotated[bool | None, Query(description="Only unfinished (true) or finished (false).")]
+                  = None,
+                  limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
+    query = select(RolloutRow).order_by(RolloutRow.id.desc()).limit(limit)
+    if phase is not None:
+        query = query.where(RolloutRow.phase == phase.value)
+    if active is not None:
+        terminal = [p.value for p in TERMINAL_PHASES]
+        query = query.where(RolloutRow.phase.not_in(terminal) if active else RolloutRow.phase.in_(terminal))
+    with ctx.session_factory() as session:
+        if model is not None:
+            query = query.join(ModelRow, ModelRow.id == RolloutRow.model_id).where(ModelRow.name == model)
+        return {"rollouts": [rollout_json(r) for r in session.scalars(query)]}
+
+
+def _load(session: Session, rollout_id: int) -> RolloutRow:
+    row = session.get(RolloutRow, rollout_id)
+    if row is None:
+        raise NotFound(f"rollout {rollout_id} does not exist; list them with GET /v1/rollouts")
+    return row
+
+
+@router.get("/rollouts/{rollout_id}", summary="One rollout: phase, split, step, latest criterion results")
+def get_rollout(rollout_id: RolloutId, ctx: Ctx, _: Viewer, response: Response) -> dict[str, Any]:
+    with ctx.session_factory() as session:
+        out = rollout_json(_load(session, rollout_id))
+    response.headers.update(etag(out["version"]))
+    return out
+
+
+def _command(request: Request, ctx: Any, who: Principal, rollout_id: int, kind: str, reason: str,
+             response: Response, weight_pct: float | None = None) -> dict[str, Any]:
+    expected = if_match(request, rollout_id)
+    try:
+        with ctx.session_factory() as session, session.begin():
+            row = _load(session, rollout_id)
+            if row.version != expected:
+                raise Conflict(f"rollout {rollout_id} is at version {row.version}, you sent {expected}: it changed "
+                               f"since you read it; GET /v1/rollouts/{rollout_id} and retry with its ETag")
+            before = summary(row)
+            command = Command(kind=kind, actor=who.actor, role=who.role, reason=reason, weight_pct=weight_pct)
+            transition = step(state_of(row), datetime.now(UTC), command=command)
+            write(session, row, transition)
+            session.flush()
+            audit(session, who.actor, f"rollout.{kind}", "rollout", rollout_id, before, summary(row))
+            model = str(row.spec["model"])
+            out = rollout_json(row)
+            row_summary = summary(row)
+    except (StaleDataError, IntegrityError):
+        raise Conflict(f"rollout {rollout_id} changed while applying {kind.replace('_', '-')}: "
+                       f"GET /v1/rollouts/{rollout_id} and retry with its ETag") from None
+    apply_after_commit(ctx.channel, ctx.notifier, model, row_summary, transition.actions)
+    response.headers.update(etag(out["version"]))
+    return out
+
+
+@router.post("/rollouts/{rollout_id}/pause", summary="Pause: hold the schedule at the current split")
+def pause(rollout_id: RolloutId, request: Request, ctx: Ctx, who: Operator, response: Response,
+          body: ReasonIn | None = None) -> dict[str, Any]:
+    return _command(request, ctx, who, rollout_id, "pause", body.reason if body else "", response)
+
+
+@router.post("/rollouts/{rollout_id}/resume", summary="Resume the schedule (restores the step's weight)")
+def resume(rollout_id: RolloutId, request: Request, ctx: Ctx, who: Operator, response: Response,
+           body: ReasonIn | None = None) -> dict[str, Any]:
+    return _command(request, ctx, who, rollout_id, "resume", body.reason if body else "", response)
+
+
+@router.post("/rollouts/{rollout_id}/promote", summary="Promote now (admin; recorded as an override)")
+def promote(rollout_id: RolloutId, request: Request, ctx: Ctx, who: Admin, response: Response,
+            body: ReasonIn | None = None) -> dict[str, Any]:
+    return _command(request, ctx, who, rollout_id, "promote", body.reason if body else "", response)
+
+
+@router.post("/rollouts/{rollout_id}/abort", summary="Abort: all traffic back to the baseline")
+def abort(rollout_id: RolloutId, request: Request, ctx: Ctx, who: Operator, response: Response,
+          body: ReasonIn | None = None) -> dict[str, Any]:
+    return _command(request, ctx, who, rollout_id, "abort", body.reason if body else "", response)
+
+
+@router.post("/rollouts/{rollout_id}/weight", summary="Set the candidate's weight; holds the schedule until resume")
+def set_weight(rollout_id: RolloutId, body: WeightIn, request: Request, ctx: Ctx, who: Operator,
+               response: Response) -> dict[str, Any]:
+    return _command(request, ctx, who, rollout_id, "set_weight", body.reason, response, body.weight_pct)
+
+
+@router.get("/rollouts/{rollout_id}/events", summary="The rollout's events with their evidence, oldest first")
+def events(rollout_id: RolloutId, ctx: Ctx, _: Viewer,
+           after_seq: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+           limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> dict[str, Any]:
+    with ctx.session_factory() as session:
+        _load(session, rollout_id)
+        rows = session.scalars(select(RolloutEventRow).where(
+            RolloutEventRow.rollout_id == rollout_id, RolloutEventRow.seq > after_seq,
+        ).order_by(RolloutEventRow.seq).limit(limit))
+        return {"events": [{
+            "seq": e.seq, "ts": e.ts.isoformat(), "kind": e.kind, "actor": e.actor, "reason": e.reason,
+            "from_phase": e.from_phase, "to_phase": e.to_phase, "step_index": e.step_index,
+            "evidence": e.evidence, "fencing_token": e.fencing_token,
+        } for e in rows]}

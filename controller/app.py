@@ -1,0 +1,145 @@
+"""The controller's ASGI app: the /v1 ops API, /healthz, /readyz, /metrics and the one error handler.
+
+Every ModelrollError becomes `{"error": message}` with its status; a request that fails validation gets a 400
+that names the field and what is accepted, never a bare 422 or a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from controller.api import ApiContext, api_router
+from controller.reconcile import Reconciler
+from controller.transitions import latest_per_model, model_name
+from controller.webhooks import WebhookNotifier
+from modelroll.db import RolloutEventRow
+from modelroll.errors import ModelrollError
+from modelroll.live.base import LiveChannel
+from modelroll.settings import Settings
+from modelroll.types import Phase
+
+log = logging.getLogger(__name__)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts) + " (see /docs for the accepted shape)"
+
+
+class _Metrics(Collector):
+    """Rollout gauges read from the database at scrape time, so every replica exports the same figures."""
+
+    def __init__(self, session_factory: Callable[[], Session], reconciler: Reconciler | None,
+                 notifier: WebhookNotifier | None) -> None:
+        self.session_factory = session_factory
+        self.reconciler = reconciler
+        self.notifier = notifier
+
+    def collect(self) -> Iterator[Metric]:
+        phase = GaugeMetricFamily("modelroll_rollout_phase", "1 for the phase each model's newest rollout is in",
+                                  labels=["model", "rollout_id", "phase"])
+        weight = GaugeMetricFamily("modelroll_rollout_weight_pct", "Traffic share per variant of each model",
+                                   labels=["model", "variant"])
+        decisions = CounterMetricFamily("modelroll_rollout_decisions", "Rollout events recorded, by kind",
+                                        labels=["kind"])
+        try:
+            with self.session_factory() as session:
+                for row in latest_per_model(session):
+                    model = model_name(session, row)
+                    for p in Phase:
+                        phase.add_metric([model, str(row.id), p.value], 1.0 if row.phase == p.value else 0.0)
+                    for variant, pct in (row.weights or {}).items():
+                        weight.add_metric([model, variant], float(pct))
+                for kind, count in session.execute(select(RolloutEventRow.kind, func.count()).group_by(
+                        RolloutEventRow.kind)):
+                    decisions.add_metric([kind], float(count))
+        except Exception as exc:  # a scrape must answer even with the database down; count it
+            log.warning("metrics: database unreachable why=%s", exc)
+        yield from (phase, weight, decisions)
+        leader = GaugeMetricFamily("modelroll_controller_leader", "1 if this process is the controller leader")
+        leader.add_metric([], 1.0 if self.reconciler is not None and self.reconciler.leading else 0.0)
+        yield leader
+        if self.reconciler is not None:
+            counts = CounterMetricFamily("modelroll_controller_events", "Reconciler counters by name",
+                                         labels=["name"])
+            for name, value in sorted(self.reconciler.counts.items()):
+                counts.add_metric([name], float(value))
+            yield counts
+        if self.notifier is not None:
+            hooks = CounterMetricFamily("modelroll_webhook_deliveries", "Webhook deliveries by outcome",
+                                        labels=["outcome"])
+            for outcome in ("sent", "failed", "dropped"):
+                hooks.add_metric([outcome], float(getattr(self.notifier, outcome)))
+            yield hooks
+
+
+def create_app(settings: Settings, channel: LiveChannel | None, session_factory: Callable[[], Session], *,
+               reconciler: Reconciler | None = None, notifier: WebhookNotifier | None = None) -> FastAPI:
+    app = FastAPI(title="modelroll controller", version="1",
+                  description="Ops API: models, optimization jobs, rollouts (with If-Match), events and audit.")
+    app.state.ctx = ApiContext(settings=settings, channel=channel, session_factory=session_factory,
+                               notifier=notifier)
+    app.include_router(api_router())
+    registry = CollectorRegistry()
+    registry.register(_Metrics(session_factory, reconciler, notifier))
+
+    @app.exception_handler(ModelrollError)
+    async def _modelroll_error(_: Request, exc: ModelrollError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"{message}: no such endpoint; see /docs for the API"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: the database and the live channel answer")
+    def readyz() -> JSONResponse:
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            with session_factory() as session:
+                session.execute(text("SELECT 1"))
+            checks["database"] = {"ok": True}
+        except Exception as exc:  # reported, not raised: readiness says what is down
+            checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        if channel is not None:
+            try:
+                channel.get_splits()
+                checks["live"] = {"ok": True}
+            except ModelrollError as exc:
+                checks["live"] = {"ok": False, "error": exc.message[:300]}
+        if reconciler is not None:
+            checks["leader"] = {"ok": True, "leading": reconciler.leading}
+        ready = all(c["ok"] for c in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+

@@ -1,0 +1,237 @@
+"""The reconciler: while leader, fold new samples into windows, evaluate each active rollout, apply its transition.
+
+Every write is fenced (controller/fencing.py) and a rollout's state, its events and the sample cursor move in the
+same transactions as their inputs, so a controller killed at any point resumes with nothing lost or doubled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from controller import aggregate, stats
+from controller.fencing import StaleLeader, fenced
+from controller.leader import LeaderElector
+from controller.machine import Evaluation, Transition, result_to_dict, step
+from controller.transitions import (
+    apply_after_commit,
+    desired_split,
+    latest_per_model,
+    model_name,
+    same_split,
+    state_of,
+    summary,
+    write,
+)
+from controller.webhooks import WebhookNotifier
+from modelroll.db import CandidateReportRow, RolloutRow
+from modelroll.errors import Unavailable
+from modelroll.live.base import LiveChannel
+from modelroll.settings import Settings
+from modelroll.types import TERMINAL_PHASES, Criteria, CriterionResult, Phase, Verdict
+
+log = logging.getLogger(__name__)
+
+GROUP = "controller"
+CONSUMER = "leader"  # one name for every leader, so a new leader is redelivered what the old one never acked
+BATCH = 2000
+MAX_BATCHES_PER_TICK = 50
+
+Evaluate = Callable[[Criteria, Any], list[CriterionResult]]
+Overall = Callable[[Sequence[CriterionResult]], Verdict]
+
+
+def default_holder() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, channel: LiveChannel, session_factory: Callable[[], Session], *,
+                 holder: str | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 notifier: WebhookNotifier | None = None, evaluate: Evaluate = stats.evaluate,
+                 overall: Overall = stats.overall) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.session_factory = session_factory
+        self.clock = clock
+        self.notifier = notifier
+        self.evaluate = evaluate
+        self.overall = overall
+        self.elector = LeaderElector(channel, holder or default_holder(), settings.leader_lease_s)
+        self.counts: Counter[str] = Counter()  # decisions by event kind, samples folded/skipped, tick errors
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self.elector.token() is not None
+
+    # --- one pass ----------------------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        """One reconcile pass if this process leads; returns whether it did."""
+        token = self.elector.token()
+        if token is None:
+            return False
+        try:
+            self.fold_samples(token)
+            for rollout_id in self._active_ids():
+                self.reconcile_rollout(rollout_id, token)
+            self.publish_desired_splits()
+        except StaleLeader as exc:
+            log.warning("stepping down: %s", exc)
+            self.counts["stale_leader"] += 1
+            self.elector.step_down()
+        return True
+
+    def fold_samples(self, token: int) -> int:
+        """Fold what the channel has into windows; the cursor moves in the same transaction. Returns samples."""
+        routes, by_model = self._routes()
+        folded = 0
+        for _ in range(MAX_BATCHES_PER_TICK):
+            batch = self.channel.read_samples(GROUP, CONSUMER, BATCH)
+            if not batch.ids:
+                break
+            with fenced(self.session_factory, token) as session:
+                kept, cursor = aggregate.fresh(batch.ids, batch.samples, aggregate.read_cursor(session))
+                windows, skipped = aggregate.fold(kept, routes, by_model)
+                aggregate.store(session, windows, cursor)
+            self.channel.ack_samples(GROUP, batch.ids)
+            folded += len(kept)
+            self.counts["samples_folded"] += len(kept) - skipped
+            self.counts["samples_skipped"] += skipped
+            self.counts["samples_redelivered"] += len(batch.ids) - len(kept)
+        return folded
+
+    def reconcile_rollout(self, rollout_id: int, token: int, *, attempts: int = 3) -> Transition | None:
+        """Evaluate and step one rollout; retried when the API changed it meanwhile (version conflict)."""
+        for _ in range(attempts):
+            try:
+                return self._reconcile_once(rollout_id, token)
+            except (StaleDataError, IntegrityError) as exc:
+                self.counts["version_conflicts"] += 1
+                log.info("rollout changed while deciding, retrying rollout=%s why=%s", rollout_id,
+                         type(exc).__name__)
+        return None
+
+    def _reconcile_once(self, rollout_id: int, token: int) -> Transition | None:
+        now = self.clock()
+        with fenced(self.session_factory, token) as session:
+            row = session.get(RolloutRow, rollout_id, populate_existing=True)
+            if row is None or Phase(row.phase) in TERMINAL_PHASES:
+                return None
+            state = state_of(row)
+            evaluation = None
+            if state.started_at is not None:
+                evaluation, record = self._evaluate(session, row, now)
+                session.execute(update(RolloutRow).where(RolloutRow.id == row.id).values(evaluation=record)
+                                .execution_options(synchronize_session=False))
+            transition = step(state, now, evaluation)
+            if transition.changed:
+                write(session, row, transition, fencing_token=token, now=now)
+                session.flush()
+            model = model_name(session, row)
+            row_summary = summary(row)
+        for event in transition.events:
+            self.counts[f"decision_{event.kind}"] += 1
+            log.info("rollout transition rollout=%s kind=%s seq=%s reason=%s", rollout_id, event.kind,
+                     event.seq, event.reason)
+        apply_after_commit(self.channel, self.notifier, model, row_summary, transition.actions)
+        return transition
+
+    def _evaluate(self, session: Session, row: RolloutRow, now: datetime) -> tuple[Evaluation, dict[str, Any]]:
+        state = state_of(row)
+        spec = state.spec
+        looks = int((row.evaluation or {}).get("looks", 0)) + 1
+        windows = aggregate.load_windows(session, row.id)
+        obs = aggregate.observations(windows, spec.baseline, spec.candidate, looks=looks,
+                                     offline_memory_bytes=self._offline_memory(session, row))
+        results = self.evaluate(spec.criteria, obs)
+        verdict = self.overall(results)
+        base_n, cand_n = aggregate.step_counts(session, row.id, state.step_index, spec.baseline, spec.candidate)
+        evaluation = Evaluation(tuple(results), verdict, base_n, cand_n)
+        record = {
+            "at": now.isoformat(), "looks": looks, "verdict": verdict.value, "step_index": state.step_index,
+            "results": [result_to_dict(r) for r in results],
+            "step_samples": {"baseline": base_n, "candidate": cand_n},
+            "arms": {name: {"requests": arm.requests, "errors": arm.errors, "labelled": arm.labelled,
+                            "correct": arm.correct, "latency_n": int(arm.latency_ms.size)}
+                     for name, arm in (("baseline", obs.baseline), ("candidate", obs.candidate))},
+            "paired": obs.paired.n,
+        }
+        return evaluation, record
+
+    @staticmethod
+    def _offline_memory(session: Session, row: RolloutRow) -> int | None:
+        report = session.scalars(select(CandidateReportRow).where(
+            CandidateReportRow.variant_id == row.candidate_variant_id).order_by(CandidateReportRow.id.desc())).first()
+        value = (report.candidate_figures or {}).get("memory_bytes") if report is not None else None
+        return int(value) if isinstance(value, (int, float)) else None
+
+    def publish_desired_splits(self) -> int:
+        """Republish any model's split that differs from its newest started rollout (e.g. after a crash)."""
+        with self.session_factory() as session:
+            rows = [(desired_split(r, model_name(session, r)), r) for r in latest_per_model(session)
+                    if (r.state or {}).get("started_at")]
+        current = self.channel.get_splits()
+        published = 0
+        for split, _row in rows:
+            if not same_split(split, current.get(split.model)):
+                self.channel.publish_split(split)
+                published += 1
+                self.counts["splits_republished"] += 1
+        return published
+
+    def _active_ids(self) -> list[int]:
+        with self.session_factory() as session:
+            return list(session.scalars(select(RolloutRow.id).where(
+                RolloutRow.phase.not_in([p.value for p in TERMINAL_PHASES])).order_by(RolloutRow.id)))
+
+    def _routes(self) -> tuple[dict[int, aggregate.Route], dict[str, aggregate.Route]]:
+        with self.session_factory() as session:
+            rows = session.scalars(select(RolloutRow).where(
+                RolloutRow.phase.not_in([p.value for p in TERMINAL_PHASES]))).all()
+            routes = {r.id: aggregate.Route(r.id, model_name(session, r), r.spec["baseline"], r.spec["candidate"],
+                                            r.step_index) for r in rows}
+        by_model = {route.model: route for route in sorted(routes.values(), key=lambda r: r.rollout_id)}
+        return routes, by_model
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Reconcile every `reconcile_interval_s` until stop(); errors are counted and the loop goes on."""
+        self.elector.start()
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    self.tick()
+                except (Unavailable, DBAPIError) as exc:
+                    # Fail static: change nothing until the database and the channel answer again.
+                    self.counts["tick_errors"] += 1
+                    log.warning("reconcile pass failed, retrying next tick why=%s", exc)
+                self._stop.wait(max(0.0, self.settings.reconcile_interval_s - (time.monotonic() - started)))
+        finally:
+            self.elector.stop()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)

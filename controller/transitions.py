@@ -1,0 +1,105 @@
+"""Rollout rows ↔ machine state, and writing a transition: the row, its events, and (after commit) its split.
+
+Shared by the reconciler (automatic decisions) and the API (manual commands), so both record a change the same
+way; the row's version column makes sure only one of two concurrent writers succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from controller.machine import Action, Notify, PublishSplit, RolloutState, Transition, state_from_dict, state_to_dict
+from controller.webhooks import WebhookNotifier, payload
+from modelroll.db import AuditEntryRow, ModelRow, RolloutEventRow, RolloutRow, utcnow
+from modelroll.errors import Unavailable
+from modelroll.live.base import LiveChannel, SplitConfig
+from modelroll.types import RolloutSpec
+
+log = logging.getLogger(__name__)
+
+
+def state_of(row: RolloutRow) -> RolloutState:
+    return state_from_dict(row.id, RolloutSpec.from_dict(row.spec), row.state or {})
+
+
+def model_name(session: Session, row: RolloutRow) -> str:
+    return str(row.spec.get("model") or session.get(ModelRow, row.model_id).name)  # type: ignore[union-attr]
+
+
+def write(session: Session, row: RolloutRow, transition: Transition, *, fencing_token: int | None = None,
+          now: datetime | None = None) -> None:
+    """Put the transition's state on the row and insert its events, in the caller's transaction."""
+    state = transition.state
+    row.phase = state.phase.value
+    row.step_index = state.step_index
+    row.weights = state.weights
+    row.state = state_to_dict(state)
+    row.last_reason = state.reason
+    for event in transition.events:
+        session.add(RolloutEventRow(
+            rollout_id=row.id, seq=event.seq, ts=now or utcnow(), kind=event.kind, actor=event.actor,
+            reason=event.reason, from_phase=event.from_phase.value, to_phase=event.to_phase.value,
+            step_index=event.step_index, evidence=event.evidence, fencing_token=fencing_token,
+        ))
+
+
+def audit(session: Session, actor: str, action: str, target_kind: str, target_id: str | int,
+          before: dict[str, Any], after: dict[str, Any]) -> None:
+    session.add(AuditEntryRow(actor=actor, action=action, target_kind=target_kind, target_id=str(target_id),
+                              before=before, after=after))
+
+
+def summary(row: RolloutRow) -> dict[str, Any]:
+    """The fields an audit entry or a webhook shows of a rollout."""
+    spec = row.spec or {}
+    return {"id": row.id, "model": spec.get("model"), "baseline": spec.get("baseline"),
+            "candidate": spec.get("candidate"), "phase": row.phase, "step_index": row.step_index,
+            "weights": dict(row.weights or {}), "version": row.version, "reason": row.last_reason}
+
+
+def split_of(model: str, rollout_id: int, action: PublishSplit) -> SplitConfig:
+    return SplitConfig(model=model, weights=action.weights, shadow=action.shadow, rollout_id=rollout_id,
+                       step=action.step)
+
+
+def desired_split(row: RolloutRow, model: str) -> SplitConfig:
+    state = state_of(row)
+    return SplitConfig(model=model, weights=state.weights, shadow=state.shadow, rollout_id=row.id,
+                       step=state.step_index)
+
+
+def same_split(a: SplitConfig, b: SplitConfig | None) -> bool:
+    return b is not None and (dict(a.weights), a.shadow, a.rollout_id, a.step) == (
+        dict(b.weights), b.shadow, b.rollout_id, b.step)
+
+
+def apply_after_commit(channel: LiveChannel | None, notifier: WebhookNotifier | None, model: str,
+                       row_summary: dict[str, Any], actions: Sequence[Action]) -> int:
+    """Publish splits and send notifications once the transition is recorded; returns splits not published.
+
+    A split that cannot be published now is not lost: the leader republishes every rollout's desired split.
+    """
+    unpublished = 0
+    for action in actions:
+        if isinstance(action, PublishSplit) and channel is not None:
+            try:
+                channel.publish_split(split_of(model, int(row_summary["id"]), action))
+            except Unavailable as exc:
+                unpublished += 1
+                log.warning("split not published, the leader will retry rollout=%s why=%s", row_summary["id"], exc)
+        elif isinstance(action, Notify) and notifier is not None:
+            notifier.notify(payload(action.kind, action.text, row_summary))
+    return unpublished
+
+
+def latest_per_model(session: Session) -> list[RolloutRow]:
+    """The newest rollout of each model: its state decides what that model's split should be."""
+    newest = select(func.max(RolloutRow.id)).group_by(RolloutRow.model_id)
+    ids = list(session.scalars(newest))
+    return list(session.scalars(select(RolloutRow).where(RolloutRow.id.in_(ids)))) if ids else []
