@@ -75,7 +75,11 @@ class Evaluation:
 
     @property
     def step_samples(self) -> int:
-        return min(self.step_samples_baseline, self.step_samples_candidate)
+        """The candidate's requests in this step (shadow calls included): its exposure at this step's weight.
+
+        Not the smaller arm: at 100 % the baseline gets no traffic at all.
+        """
+        return self.step_samples_candidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +248,7 @@ def _decide(state: RolloutState, now: datetime, evaluation: Evaluation | None) -
         phase, weight = _enter_step(nxt, spec)
         return _move(state, phase, kind="advanced", actor=CONTROLLER, now=now,
                      reason=f"advanced to {_describe_step(spec, nxt)}: every criterion passes after "
-                            f"{elapsed_s:.0f} s and {evaluation.step_samples} samples per arm",
+                            f"{elapsed_s:.0f} s and {evaluation.step_samples} candidate samples in the step",
                      evidence=_evidence(evaluation), step_index=nxt, weight_pct=weight,
                      step_started_at=now, deadline_noted=False)
     if current.max_duration_s is not None and elapsed_s >= current.max_duration_s:
@@ -256,7 +260,7 @@ def _deadline(state: RolloutState, now: datetime, evaluation: Evaluation, elapse
     spec = state.spec
     pending = [r for r in evaluation.results if r.verdict is not Verdict.PASS]
     why = "; ".join(f"{r.criterion}: {r.message}" for r in pending) or (
-        f"{evaluation.step_samples} of {spec.steps[state.step_index].min_samples} samples per arm")
+        f"{evaluation.step_samples} of {spec.steps[state.step_index].min_samples} candidate samples in the step")
     base = f"{_describe_step(spec, state.step_index)} reached its deadline after {elapsed_s:.0f} s undecided ({why})"
     if spec.on_deadline is DeadlinePolicy.ROLLBACK:
         return _move(state, Phase.ROLLED_BACK, kind="rolled_back", actor=CONTROLLER, now=now,

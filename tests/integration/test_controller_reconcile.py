@@ -1,0 +1,152 @@
+"""The reconciler on real PostgreSQL and Redis: recorded samples promote or roll back; fencing; one leader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from controller.fencing import StaleLeader, fenced
+from modelroll.db import RolloutEventRow, RolloutRow, SampleWindowRow
+from tests.integration.controller_world import World, good_samples, make_world
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture()
+def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
+    yield from make_world(pg_url, redis_url, redis_prefix, leader_lease_s=3.0)
+
+
+def create(world: World, steps: list[dict[str, Any]], **extra: Any) -> int:
+    with world.client() as client:
+        r = client.post("/v1/rollouts", headers=world.auth("operator"),
+                        json={"model": "digits", "baseline": "fp32", "candidate": "int8", "steps": steps, **extra})
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
+
+
+def events(world: World, rollout_id: int) -> list[RolloutEventRow]:
+    with world.session_factory() as s:
+        return list(s.scalars(select(RolloutEventRow).where(RolloutEventRow.rollout_id == rollout_id)
+                              .order_by(RolloutEventRow.seq)))
+
+
+def phase(world: World, rollout_id: int) -> str:
+    with world.session_factory() as s:
+        return s.get(RolloutRow, rollout_id).phase  # type: ignore[union-attr]
+
+
+def lead(world: World, holder: str = "a") -> Any:
+    rec = world.reconciler(holder)
+    assert rec.elector.poll() is not None
+    return rec
+
+
+def test_rollout_driven_by_recorded_samples_promotes(world: World) -> None:
+    rid = create(world, [{"weight_pct": 0, "shadow": True, "min_duration_s": 30, "min_samples": 500},
+                         {"weight_pct": 100, "min_duration_s": 0, "min_samples": 100}])
+    rec = lead(world)
+    assert rec.tick()
+    split = world.channel.get_splits()["digits"]
+    assert phase(world, rid) == "shadow" and split.shadow == "int8" and dict(split.weights) == {"fp32": 100.0,
+                                                                                               "int8": 0.0}
+    world.channel.append_samples(good_samples(rid, 0, 2000, 1_000_000.0, shadow=True))
+    rec.tick()
+    assert phase(world, rid) == "shadow"  # every criterion passes, but the step's 30 s have not passed
+    with world.session_factory() as s:
+        row = s.get(RolloutRow, rid)
+        assert row.evaluation["verdict"] == "pass" and row.version == 2  # evaluation does not bump the version
+        assert {r["criterion"] for r in row.evaluation["results"]} == {
+            "latency_p50", "latency_p95", "memory", "accuracy", "errors"}
+        assert s.scalar(select(SampleWindowRow.id).where(SampleWindowRow.rollout_id == rid)) is not None
+    world.clock.advance(31)
+    rec.tick()
+    assert phase(world, rid) == "progressing"
+    assert dict(world.channel.get_splits()["digits"].weights) == {"fp32": 0.0, "int8": 100.0}
+    world.channel.append_samples(good_samples(rid, 1, 150, 1_000_100.0, shadow=False, baseline=False))
+    rec.tick()
+    assert phase(world, rid) == "promoted"
+    assert dict(world.channel.get_splits()["digits"].weights) == {"int8": 100.0}
+    evs = events(world, rid)
+    assert [e.kind for e in evs] == ["created", "started", "advanced", "promoted"]
+    assert [e.seq for e in evs] == [1, 2, 3, 4]
+    assert all(e.fencing_token == rec.elector.token() for e in evs[1:])
+    assert evs[2].evidence["verdict"] == "pass" and len(evs[2].evidence["results"]) == 5
+    assert rec.counts["samples_folded"] > 4000
+
+
+def test_candidate_errors_roll_back_at_once(world: World) -> None:
+    rid = create(world, [{"weight_pct": 10, "min_duration_s": 0, "min_samples": 10},
+                         {"weight_pct": 100, "min_duration_s": 0, "min_samples": 10}])
+    rec = lead(world)
+    rec.tick()
+    world.channel.append_samples(good_samples(rid, 0, 1500, 2_000_000.0, shadow=False, candidate_error_rate=0.3))
+    rec.tick()
+    assert phase(world, rid) == "rolled_back"
+    assert dict(world.channel.get_splits()["digits"].weights) == {"fp32": 100.0}
+    last = events(world, rid)[-1]
+    assert last.kind == "rolled_back" and "errors" in last.reason and last.evidence["verdict"] == "fail"
+
+
+def test_redelivered_samples_are_not_counted_twice(world: World) -> None:
+    rid = create(world, [{"weight_pct": 50, "min_duration_s": 0, "min_samples": 10 ** 6}, {"weight_pct": 100}])
+    rec = lead(world)
+    rec.tick()
+    world.channel.append_samples(good_samples(rid, 0, 100, 3_000_000.0, shadow=False))
+    batch = world.channel.read_samples("controller", "leader", 10_000)  # delivered, never acked: a crashed leader
+    assert len(batch.ids) > 200
+    rec.fold_samples(rec.elector.token())
+    rec.fold_samples(rec.elector.token())
+    with world.session_factory() as s:
+        total = sum(s.scalars(select(SampleWindowRow.requests).where(SampleWindowRow.rollout_id == rid)))
+    assert total == 200
+
+
+def test_a_stale_leader_cannot_write(world: World) -> None:
+    with fenced(world.session_factory, 5, name="other") as s:
+        s.execute(select(1))
+    with pytest.raises(StaleLeader, match="fencing token 4 is stale"), fenced(world.session_factory, 4, "other") as s:
+        s.execute(select(1))
+    rid = create(world, [{"weight_pct": 50}, {"weight_pct": 100}])
+    old = lead(world, "old")
+    world.channel.release_lock("controller", "old")  # its lease is gone; it does not know yet
+    new = lead(world, "new")
+    assert new.elector.token() > old.elector.token()
+    new.tick()
+    assert [e.kind for e in events(world, rid)] == ["created", "started"]
+    with world.session_factory() as s:
+        version = s.get(RolloutRow, rid).version  # type: ignore[union-attr]
+    old.tick()  # refused by the fence: steps down, writes nothing
+    assert old.counts["stale_leader"] == 1 and old.elector.token() is None
+    with world.session_factory() as s:
+        assert s.get(RolloutRow, rid).version == version  # type: ignore[union-attr]
+    assert len(events(world, rid)) == 2
+
+
+def test_two_controllers_one_leader_and_the_standby_takes_over(world: World) -> None:
+    a, b = world.reconciler("a"), world.reconciler("b")
+    assert a.elector.poll() is not None
+    assert b.elector.poll() is None
+    assert not b.tick()
+    a.elector.step_down()
+    assert b.elector.poll() is not None and b.leading and not a.leading
+
+
+def test_api_and_reconciler_cannot_both_write_a_rollout(world: World) -> None:
+    rid = create(world, [{"weight_pct": 50, "min_duration_s": 0, "min_samples": 1}, {"weight_pct": 100}])
+    rec = lead(world)
+    rec.tick()  # started: version 2
+    with world.client() as client:
+        got = client.get(f"/v1/rollouts/{rid}", headers=world.auth("viewer"))
+        assert got.headers["etag"] == '"2"'
+        paused = client.post(f"/v1/rollouts/{rid}/pause", headers={**world.auth("operator"), "If-Match": '"2"'},
+                             json={"reason": "check dashboards"})
+        assert paused.status_code == 200 and paused.json()["phase"] == "paused"
+        stale = client.post(f"/v1/rollouts/{rid}/abort", headers={**world.auth("operator"), "If-Match": '"2"'})
+        assert stale.status_code == 409 and "is at version 3, you sent 2" in stale.json()["error"]
+    rec.tick()
+    assert phase(world, rid) == "paused"
+    assert [e.kind for e in events(world, rid)] == ["created", "started", "paused"]
