@@ -1,0 +1,313 @@
+"""The router's ASGI app: Open Inference Protocol V2 endpoints, feedback, readiness and metrics.
+
+`create_app(settings, channel, catalog_source)` does all set-up up front (variants loaded,
+splits applied, threads started); the per-request path is a raw ASGI dispatch on the path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from modelroll.errors import Forbidden, ModelrollError, NotFound, Unavailable
+from modelroll.live.base import LiveChannel
+from modelroll.settings import Settings
+from router import asgi
+from router.asgi import ClientDisconnected, Receive, Scope, Send
+from router.feedback import FeedbackJoiner, parse_items
+from router.inference import Inference
+from router.liveness import LiveSplits
+from router.metrics import CONTENT_TYPE, RouterMetrics
+from router.operator_auth import OperatorTokens
+from router.protocol import decode_request, encode_response
+from router.samples import Recorder
+from router.table import LoadedVariant, ModelRoutes, ModelTable
+from router.variants import VariantSource
+
+log = logging.getLogger(__name__)
+
+_perf = time.perf_counter
+_FORBIDDEN = "forcing a variant needs an operator or admin token"
+_SERVER = orjson.dumps({"name": "modelroll-router", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+
+
+class RouterApp:
+    def __init__(self, settings: Settings, channel: LiveChannel, source: VariantSource, *,
+                 registry: CollectorRegistry | None = None, token_sessions: Any = None) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.metrics = RouterMetrics(registry)
+        self.table = ModelTable(source, default_runner=settings.router_runner, threads=settings.router_threads,
+                                breaker_failures=settings.router_breaker_failures, on_change=self._routes_changed)
+        self.recorder = Recorder(channel, capacity=settings.router_sample_buffer,
+                                 flush_interval_s=settings.router_flush_interval_s,
+                                 feedback_ttl_s=settings.feedback_ttl_s,
+                                 memory_interval_s=settings.router_memory_interval_s,
+                                 memory_probe=self._memory_samples, on_drop=self.metrics.samples_dropped.inc)
+        workers = max(4, (os.cpu_count() or 1) * 2)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="modelroll-run")
+        self._shadow_executor = ThreadPoolExecutor(max(1, settings.router_shadow_max_concurrency),
+                                                   thread_name_prefix="modelroll-shadow")
+        self.inference = Inference(self.recorder, self.metrics, executor=self._executor,
+                                   shadow_executor=self._shadow_executor,
+                                   candidate_timeout_s=settings.router_candidate_timeout_s,
+                                   shadow_max_concurrency=settings.router_shadow_max_concurrency)
+        self.feedback = FeedbackJoiner(channel, self.recorder.add)
+        self.tokens = OperatorTokens(token_sessions or _LazySessions(settings), settings.admin_token)
+        self._max_body = settings.router_max_body_bytes
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(5).hex() + "-"
+        self.table.load_all()
+        self.live = LiveSplits(channel, self.table)
+        self.live.start()
+        self.recorder.start()
+        self._closed = False
+
+    # --- set-up helpers -----------------------------------------------------------
+    def _routes_changed(self, routes: ModelRoutes) -> None:
+        for name in routes.known:
+            self.metrics.weights.labels(routes.model, name).set(routes.split.weights.get(name, 0.0))
+        for name, variant in routes.variants.items():
+            self.metrics.ejected.labels(routes.model, name).set(1 if variant.breaker.ejected else 0)
+
+    def _memory_samples(self) -> list[Any]:
+        from modelroll.live.base import Sample
+
+        out = []
+        now = time.time()
+        for loaded in self.table.runners():
+            measured = loaded.runner.memory()
+            if measured is None:
+                continue
+            model_bytes, total_bytes = measured
+            routes = self.table.routes.get(loaded.model)
+            self.metrics.memory.labels(loaded.model, loaded.name).set(model_bytes)
+            out.append(Sample(kind="memory", model=loaded.model, variant=loaded.name, ts=now,
+                              rollout_id=routes.rollout_id if routes else None,
+                              step=routes.step if routes else None,
+                              memory_bytes=model_bytes, memory_total_bytes=total_bytes))
+        self.metrics.sync_unsent(self.recorder.unsent)
+        self.metrics.live_degraded.set(1 if self.degraded else 0)
+        return out
+
+    @property
+    def degraded(self) -> bool:
+        return self.recorder.degraded or not self.live.connected
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.live.close()
+        self.recorder.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._shadow_executor.shutdown(wait=False, cancel_futures=True)
+        self.table.close()
+
+    # --- ASGI -----------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            start = _perf()
+            try:
+                await self._dispatch(scope, receive, send, start)
+            except ModelrollError as exc:
+                await asgi.send_error(send, exc.status_code, exc.message)
+            except ClientDisconnected:
+                return
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.inference.drain()
+                await asyncio.get_running_loop().run_in_executor(None, self.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, start: float) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        parts = path.split("/")
+        if len(parts) >= 4 and parts[1] == "v2" and parts[2] == "models":
+            model = parts[3]
+            rest = parts[4:]
+            version = None
+            if len(rest) >= 2 and rest[0] == "versions":
+                version, rest = rest[1], rest[2:]
+            if rest == ["infer"]:
+                self._method(method, "POST")
+                return await self._infer(scope, receive, send, start, model, version)
+            self._method(method, "GET")
+            if rest == []:
+                return await asgi.send_bytes(send, 200, self._routes(model, version).metadata)
+            if rest == ["ready"]:
+                return await self._model_ready(send, model, version)
+        elif path == "/v2/health/live":
+            self._method(method, "GET")
+            return await asgi.send_json(send, 200, {"live": True})
+        elif path == "/v2/health/ready":
+            self._method(method, "GET")
+            return await self._ready(send)
+        elif path == "/v2":
+            self._method(method, "GET")
+            return await asgi.send_bytes(send, 200, _SERVER)
+        elif path == "/v1/feedback":
+            self._method(method, "POST")
+            return await self._feedback(scope, receive, send)
+        elif path == "/metrics":
+            self._method(method, "GET")
+            self._memory_samples_metrics_only()
+            return await asgi.send_bytes(send, 200, self.metrics.render(), CONTENT_TYPE.encode())
+        raise NotFound(f"no endpoint {method} {path}; see /v2/models/{{name}}/infer, /v2/health/ready, "
+                       "/v1/feedback, /metrics")
+
+    @staticmethod
+    def _method(method: str, allowed: str) -> None:
+        if method != allowed:
+            raise _MethodNotAllowed(f"method {method} is not allowed here; use {allowed}")
+
+    def _routes(self, model: str, version: str | None) -> ModelRoutes:
+        routes = self.table.routes.get(model)
+        if routes is None:
+            if model in self.table.errors:
+                raise Unavailable(f"model {model!r} is not ready: {self.table.errors[model]}")
+            raise NotFound(f"model {model!r} is unknown; served models: {sorted(self.table.routes)}")
+        if version is not None and version not in routes.known:
+            raise NotFound(f"version {version!r} of model {model!r} is unknown; versions: {sorted(routes.known)}")
+        return routes
+
+    async def _model_ready(self, send: Send, model: str, version: str | None) -> None:
+        routes = self._routes(model, version)
+        if version is not None and version not in routes.variants:
+            raise Unavailable(f"version {version!r} of model {model!r} is not loaded (not in the current split)")
+        await asgi.send_json(send, 200, {"name": model, "ready": True})
+
+    async def _ready(self, send: Send) -> None:
+        models = self.table.describe()
+        ready = bool(models) and all(m.get("ready") for m in models.values())
+        body = {
+            "ready": ready,
+            "live_channel": "degraded" if self.degraded else "ok",
+            "live_channel_error": self.recorder.last_error,
+            "models": models,
+            "samples": {"pending": self.recorder.pending, "sent": self.recorder.sent,
+                        "dropped": self.recorder.dropped, "unsent": self.recorder.unsent},
+            **self.inference.describe(),
+        }
+        await asgi.send_json(send, 200 if ready else 503, body)
+
+    def _memory_samples_metrics_only(self) -> None:
+        self.metrics.sync_unsent(self.recorder.unsent)
+        self.metrics.live_degraded.set(1 if self.degraded else 0)
+
+    async def _forced(self, model: str, name: str, authorization: bytes | None) -> LoadedVariant:
+        token = ""
+        if authorization is not None and authorization[:7].lower() == b"bearer ":
+            token = authorization[7:].decode("latin-1").strip()
+        loop = asyncio.get_running_loop()
+        if not token or not await loop.run_in_executor(self._executor, self.tokens.allows, token):
+            raise Forbidden(_FORBIDDEN)
+        return await loop.run_in_executor(None, self.table.variant, model, name)
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, start: float, model: str,
+                     version: str | None) -> None:
+        ts = time.time()
+        routes = self._routes(model, version)
+        declared = header_length = key = forced_name = authorization = header_id = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"inference-header-content-length":
+                header_length = value
+            elif name == b"x-modelroll-key":
+                key = value.decode("utf-8", "surrogateescape")
+            elif name == b"x-modelroll-variant":
+                forced_name = value.decode("latin-1")
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"x-request-id":
+                header_id = value.decode("latin-1")
+        if version is not None:
+            forced_name = version
+        forced = await self._forced(model, forced_name, authorization) if forced_name is not None else None
+        body = await asgi.read_body(receive, declared, self._max_body)
+        request = decode_request(body, _header_length(header_length), routes.signature)
+        request_id = request.id or header_id or f"{self._id_prefix}{next(self._ids):x}"
+        try:
+            variant, outputs = await self.inference.run(routes, request, request_id, key, forced, ts, start)
+        except ModelrollError as exc:
+            self.metrics.observe_request(model, "-", exc.status_code, _perf() - start)
+            raise
+        payload, json_length = encode_response(model, variant.name, request_id, outputs, request)
+        extra = [(b"x-request-id", request_id.encode("latin-1", "replace")),
+                 (b"x-modelroll-variant", variant.name.encode())]
+        if json_length is None:
+            content_type = asgi.JSON
+        else:
+            content_type = b"application/octet-stream"
+            extra.append((b"inference-header-content-length", str(json_length).encode()))
+        self.metrics.observe_request(model, variant.name, 200, _perf() - start)
+        await asgi.send_bytes(send, 200, payload, content_type, extra)
+
+    async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        items = parse_items(await asgi.read_body(receive, declared, self._max_body))
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(None, self._join_feedback, items)
+        counts = {s: sum(1 for r in results if r["status"] == s) for s in ("joined", "unknown", "invalid")}
+        await asgi.send_json(send, 200, {"results": results, **counts})
+
+    def _join_feedback(self, items: list[Any]) -> list[dict[str, Any]]:
+        with contextlib.suppress(ModelrollError):  # predictions recorded moments ago may still sit in the buffer
+            self.recorder.flush()
+        return self.feedback.join(items)
+
+
+class _LazySessions:
+    """Database sessions for token checks, the engine built on first use (most routers never need it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._factory: Any = None
+
+    def __call__(self) -> Any:
+        if self._factory is None:
+            from modelroll.db import make_engine, make_session_factory
+
+            self._factory = make_session_factory(make_engine(self._settings))
+        return self._factory()
+
+
+class _MethodNotAllowed(ModelrollError):
+    status_code = 405
+
+
+def _header_length(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        from modelroll.errors import InvalidInput
+
+        raise InvalidInput(f"Inference-Header-Content-Length must be an integer, got {raw[:40]!r}") from None
+
+
+def create_app(settings: Settings, channel: LiveChannel, catalog_source: VariantSource, *,
+               registry: CollectorRegistry | None = None, token_sessions: Any = None) -> RouterApp:
+    """Build the router: load every model's variants, apply the published splits, start the background threads."""
+    return RouterApp(settings, channel, catalog_source, registry=registry, token_sessions=token_sessions)

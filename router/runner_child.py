@@ -1,0 +1,59 @@
+"""The subprocess runner's child: `python -m router.runner_child MODEL.onnx THREADS`.
+
+It measures its resident memory before and after loading the model, says hello with the
+signature, then answers run frames on stdin/stdout until stdin closes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np  # noqa: F401  (imported before the baseline measurement: runtime cost, not model cost)
+import onnxruntime  # noqa: F401
+
+from router import frames
+from router.runners import is_bad_input, ort_session, prepare_string_inputs, rss_bytes, warmup_inputs
+from router.tensors import Signature
+
+
+def main(argv: list[str]) -> int:
+    path, threads = Path(argv[0]), int(argv[1])
+    out_fd, in_fd = sys.stdout.fileno(), sys.stdin.fileno()
+    sys.stdout = sys.stderr  # nothing but frames may reach the parent's pipe
+    rss_before = rss_bytes()
+    try:
+        session = ort_session(path, threads)
+        signature = Signature.from_onnx_session(session)
+    except Exception as exc:
+        frames.write_all(out_fd, frames.pack({"ok": False, "error": f"cannot load {path}: {exc}"}))
+        return 1
+    names = [t.name for t in signature.outputs]
+    strings = frozenset(t.name for t in signature.inputs if t.datatype == "BYTES")
+    try:
+        session.run(names, warmup_inputs(signature))
+    except Exception as exc:
+        print(f"warm-up of {path} failed: {exc}", file=sys.stderr)
+    frames.write_all(out_fd, frames.pack({
+        "ok": True, "signature": signature.to_dict(), "rss_before": rss_before, "rss_after": rss_bytes(),
+    }))
+    while True:
+        try:
+            meta, data = frames.read(in_fd)
+        except frames.FrameClosed:
+            return 0
+        inputs = prepare_string_inputs(frames.unpack_tensors(meta, data), strings)
+        start = time.thread_time()
+        try:
+            values = session.run(names, inputs)
+        except Exception as exc:
+            frames.write_all(out_fd, frames.pack({"ok": False, "bad_input": is_bad_input(exc),
+                                                  "error": f"model error: {exc}"}))
+            continue
+        cpu_ms = (time.thread_time() - start) * 1000.0
+        frames.write_all(out_fd, frames.pack({"ok": True, "cpu_ms": cpu_ms}, dict(zip(names, values, strict=True))))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

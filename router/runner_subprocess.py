@@ -1,0 +1,155 @@
+"""Subprocess runner: the variant runs in its own `python -m router.runner_child` process.
+
+A crash, a hang or a leak in the child cannot take the router down: a dead or late child
+is killed and started again in the background while calls fail fast (the router falls back
+to the baseline). Its memory is the child's own resident set, minus what it had before loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from router import frames
+from router.runners import Runner, RunnerBadInput, RunnerError, RunnerTimeout, Tensors, rss_bytes
+from router.tensors import Signature
+
+log = logging.getLogger(__name__)
+
+_LOAD_TIMEOUT_S = 120.0
+
+
+class SubprocessRunner(Runner):
+    kind = "subprocess"
+
+    def __init__(self, path: Path, threads: int = 1, load_timeout_s: float = _LOAD_TIMEOUT_S) -> None:
+        self.path = path
+        self.threads = threads
+        self.load_timeout_s = load_timeout_s
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._rss_before = 0
+        self._restarting = False
+        self._closed = False
+        self.restarts = 0
+        self.signature = self._spawn()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def _spawn(self) -> Signature:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "router.runner_child", str(self.path), str(self.threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        assert proc.stdout is not None
+        try:
+            meta, _ = frames.read(proc.stdout.fileno(), time.monotonic() + self.load_timeout_s)
+        except (frames.FrameTimeout, frames.FrameClosed) as exc:
+            self._kill(proc)
+            raise RunnerError(f"runner child for {self.path} did not start: {exc}") from exc
+        if not meta.get("ok"):
+            self._kill(proc)
+            raise RunnerError(str(meta.get("error", "runner child failed to load the model")))
+        self._rss_before = int(meta["rss_before"])
+        self._proc = proc
+        return Signature.from_dict(meta["signature"])
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+    def _restart_in_background(self, reason: str) -> None:
+        # Called with self._lock held.
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            self._kill(proc)
+        if self._restarting or self._closed:
+            return
+        self._restarting = True
+        log.warning("runner child of %s is gone (%s); starting a new one", self.path, reason)
+        threading.Thread(target=self._restart, name="runner-restart", daemon=True).start()
+
+    def _restart(self) -> None:
+        delay = 0.1
+        while not self._closed:
+            try:
+                signature = self._spawn()
+            except RunnerError as exc:
+                log.error("restart of runner for %s failed: %s", self.path, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if signature.compatible_with(self.signature) is not None:
+                log.error("runner for %s came back with another signature", self.path)
+            self.restarts += 1
+            break
+        self._restarting = False
+
+    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if not self._lock.acquire(timeout=-1 if timeout_s is None else timeout_s):
+            raise RunnerTimeout(f"runner for {self.path.name} is busy past the {timeout_s}s deadline")
+        try:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                if proc is not None:
+                    self._restart_in_background(f"exit code {proc.returncode}")
+                raise RunnerError(f"runner child for {self.path.name} is not running (restarting)")
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                frames.write_all(proc.stdin.fileno(), frames.pack({"op": "run"}, inputs))
+                meta, data = frames.read(proc.stdout.fileno(), deadline)
+            except frames.FrameTimeout:
+                self._restart_in_background("timeout")
+                raise RunnerTimeout(f"runner for {self.path.name} did not answer within {timeout_s}s") from None
+            except frames.FrameClosed as exc:
+                self._restart_in_background(str(exc))
+                raise RunnerError(f"runner child for {self.path.name} died: {exc}") from None
+        finally:
+            self._lock.release()
+        if not meta.get("ok"):
+            error = RunnerBadInput if meta.get("bad_input") else RunnerError
+            raise error(str(meta.get("error", "runner child failed")))
+        return frames.unpack_tensors(meta, data), float(meta.get("cpu_ms", 0.0))
+
+    def memory(self) -> tuple[int, int] | None:
+        pid = self.pid
+        if pid is None:
+            return None
+        try:
+            total = rss_bytes(pid)
+        except (FileNotFoundError, ProcessLookupError, OSError):
+            return None
+        return max(0, total - self._rss_before), total
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
+                self._kill(proc)
+
+
+def child_pids(runner: Runner) -> list[int]:
+    """Pids of the runner's child processes (tests kill them to prove the router survives)."""
+    pid = getattr(runner, "pid", None)
+    return [pid] if isinstance(pid, int) and os.path.exists(f"/proc/{pid}") else []

@@ -1,0 +1,142 @@
+"""One `Runner` interface for every way a variant can run; the inline onnxruntime runner lives here.
+
+Runners are called from worker threads (never the event loop). `run` returns the outputs and
+the runner's CPU milliseconds; failures raise `RunnerError` (or `RunnerTimeout`), which the
+router turns into a fallback to the baseline for candidates.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.tensors import Signature
+
+log = logging.getLogger(__name__)
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+Tensors = dict[str, np.ndarray[Any, Any]]
+
+
+class RunnerError(Exception):
+    """The variant failed to answer (crash, model error, remote error)."""
+
+
+class RunnerTimeout(RunnerError):
+    """The variant did not answer within its deadline."""
+
+
+class RunnerBadInput(RunnerError):
+    """The model refused the inputs (e.g. a size its signature left open): the client's fault, a 400."""
+
+
+def is_bad_input(exc: BaseException) -> bool:
+    """onnxruntime raises InvalidArgument for inputs the model cannot take."""
+    return type(exc).__name__ == "InvalidArgument"
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident memory of a process (this one by default) from /proc, in bytes."""
+    path = f"/proc/{pid}/statm" if pid else "/proc/self/statm"
+    with open(path, "rb") as fh:
+        return int(fh.read().split()[1]) * _PAGE_BYTES
+
+
+class Runner(abc.ABC):
+    """A loaded variant: its signature, a thread-safe `run`, its memory gauge."""
+
+    kind: str = ""
+    signature: Signature
+
+    @abc.abstractmethod
+    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float]:
+        """Outputs by name and the CPU milliseconds the model took."""
+
+    def memory(self) -> tuple[int, int] | None:
+        """(model cost, absolute) resident bytes, or None when this runner cannot measure it."""
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def warmup_inputs(signature: Signature) -> Tensors:
+    """Zeros of each input's shape, any-size dimensions set to 1 (used to measure and warm a model)."""
+    out: Tensors = {}
+    for spec in signature.inputs:
+        shape = tuple(1 if d < 0 else d for d in spec.shape)
+        if spec.datatype == "BYTES":
+            out[spec.name] = np.full(shape, "", dtype=object)
+        else:
+            out[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return out
+
+
+def ort_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # model errors are reported by the router, not printed by onnxruntime
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def prepare_string_inputs(inputs: Tensors, string_inputs: frozenset[str]) -> Tensors:
+    """onnxruntime wants `str` in string tensors; the protocol carries `bytes`."""
+    if not string_inputs:
+        return inputs
+    fixed = dict(inputs)
+    for name in string_inputs:
+        arr = fixed[name]
+        flat = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+        fixed[name] = np.array(flat, dtype=object).reshape(arr.shape)
+    return fixed
+
+
+class InlineRunner(Runner):
+    """An onnxruntime session inside the router process (the default, fastest runner).
+
+    Its model cost is the resident-memory growth around session creation and a first
+    inference; other threads allocating meanwhile blur it, so it is an estimate.
+    """
+
+    kind = "inline"
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        before = rss_bytes()
+        try:
+            self.session = ort_session(path, threads)
+        except Exception as exc:
+            raise RunnerError(f"onnxruntime cannot load {path}: {exc}") from exc
+        self.signature = Signature.from_onnx_session(self.session)
+        self._output_names = [t.name for t in self.signature.outputs]
+        self._string_inputs = frozenset(t.name for t in self.signature.inputs if t.datatype == "BYTES")
+        try:
+            self.session.run(self._output_names, warmup_inputs(self.signature))
+        except Exception as exc:  # a model may reject zeros; it is still servable
+            log.warning("warm-up of %s failed: %s", path, exc)
+        self.model_bytes = max(0, rss_bytes() - before)
+
+    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float]:
+        feed = prepare_string_inputs(inputs, self._string_inputs)
+        start = time.thread_time()
+        try:
+            values = self.session.run(self._output_names, feed)
+        except Exception as exc:
+            if is_bad_input(exc):
+                raise RunnerBadInput(f"the model refused the inputs: {exc}") from exc
+            raise RunnerError(f"model error: {exc}") from exc
+        cpu_ms = (time.thread_time() - start) * 1000.0
+        return dict(zip(self._output_names, values, strict=True)), cpu_ms
+
+    def memory(self) -> tuple[int, int]:
+        return self.model_bytes, rss_bytes()

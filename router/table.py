@@ -1,0 +1,185 @@
+"""The routing table: per model, the loaded variants and the current split, swapped atomically on change.
+
+Requests read one immutable `ModelRoutes` snapshot; the split watcher builds the next one
+(loading any new variant first, off the event loop) and replaces it in a single assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from modelroll.errors import NotFound, Unavailable
+from modelroll.live.base import SplitConfig
+from router.breaker import Breaker
+from router.runners import Runner, RunnerError
+from router.split import Split
+from router.tensors import Signature, metadata_bytes
+from router.variants import VariantSource, VariantSpec, baseline_of, load_runner
+
+log = logging.getLogger(__name__)
+
+_PLATFORM = {"inline": "onnxruntime_onnx", "subprocess": "onnxruntime_onnx", "http": "remote_v2"}
+
+
+class LoadedVariant:
+    __slots__ = ("breaker", "model", "name", "runner", "spec")
+
+    def __init__(self, spec: VariantSpec, runner: Runner, breaker: Breaker) -> None:
+        self.spec = spec
+        self.model = spec.model
+        self.name = spec.name
+        self.runner = runner
+        self.breaker = breaker
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoutes:
+    model: str
+    split: Split
+    config: SplitConfig | None
+    variants: dict[str, LoadedVariant]
+    fallback: LoadedVariant
+    shadow: LoadedVariant | None
+    signature: Signature
+    metadata: bytes
+    known: frozenset[str]  # every variant name the source lists (forcing may load one on demand)
+
+    @property
+    def rollout_id(self) -> int | None:
+        return self.config.rollout_id if self.config is not None else None
+
+    @property
+    def step(self) -> int | None:
+        return self.config.step if self.config is not None else None
+
+
+class ModelTable:
+    def __init__(self, source: VariantSource, *, default_runner: str, threads: int, breaker_failures: int,
+                 on_change: Callable[[ModelRoutes], None] | None = None) -> None:
+        self._source = source
+        self._default_runner = default_runner
+        self._threads = threads
+        self._breaker_failures = breaker_failures
+        self._on_change = on_change
+        self._loaded: dict[tuple[str, str], LoadedVariant] = {}
+        self._load_lock = threading.RLock()
+        self.routes: dict[str, ModelRoutes] = {}
+        self.errors: dict[str, str] = {}  # model -> why it cannot serve
+
+    def load_all(self) -> None:
+        for model in self._source.models():
+            try:
+                self.apply(None, model)
+            except (RunnerError, NotFound, Unavailable) as exc:
+                self.errors[model] = str(exc)
+                log.error("model %s cannot be served: %s", model, exc)
+
+    def variant(self, model: str, name: str) -> LoadedVariant:
+        """The loaded variant, loading it now if the source knows it (blocking)."""
+        with self._load_lock:
+            found = self._loaded.get((model, name))
+            if found is not None:
+                return found
+            specs = {s.name: s for s in self._source.variants(model)}
+            spec = specs.get(name)
+            if spec is None:
+                raise NotFound(f"variant {name!r} of model {model!r} is unknown; known variants: {sorted(specs)}")
+            runner = load_runner(spec, self._default_runner, self._threads)
+            loaded = LoadedVariant(spec, runner, Breaker(self._breaker_failures))
+            self._loaded[(model, name)] = loaded
+            log.info("loaded variant model=%s variant=%s runner=%s", model, name, runner.kind)
+            return loaded
+
+    def apply(self, config: SplitConfig | None, model: str | None = None) -> ModelRoutes | None:
+        """Build and install the routes for one model's split (None: its baseline at 100 %)."""
+        model = config.model if config is not None else model
+        assert model is not None
+        with self._load_lock:
+            current = self.routes.get(model)
+            if (config is not None and current is not None and current.config is not None
+                    and config.version <= current.config.version):
+                return current
+            specs = self._source.variants(model)
+            default = baseline_of(specs)
+            if config is None:
+                if default is None:
+                    raise NotFound(f"model {model!r} has no variant with role baseline")
+                config_weights: dict[str, float] = {default.name: 100.0}
+            else:
+                config_weights = dict(config.weights)
+            fallback_name = self._fallback_name(config_weights, specs, default)
+            variants: dict[str, LoadedVariant] = {}
+            wanted = [n for n, w in config_weights.items() if w > 0 or n == fallback_name]
+            if config is not None and config.shadow:
+                wanted.append(config.shadow)
+            for name in wanted:
+                try:
+                    variants[name] = self.variant(model, name)
+                except (RunnerError, NotFound, Unavailable) as exc:
+                    if name == fallback_name:
+                        raise
+                    log.error("variant %s of %s cannot be loaded, its traffic goes to %s: %s",
+                              name, model, fallback_name, exc)
+            for loaded in variants.values():
+                loaded.breaker.reset()  # a new split is the controller's decision
+            fallback = variants[fallback_name]
+            signature = fallback.runner.signature
+            for name, loaded in list(variants.items()):
+                why = signature.compatible_with(loaded.runner.signature)
+                if why is not None:
+                    log.error("variant %s of %s does not match the baseline's signature (%s); not served", name,
+                              model, why)
+                    del variants[name]
+            shadow = variants.get(config.shadow) if config is not None and config.shadow else None
+            names = sorted(s.name for s in specs)
+            routes = ModelRoutes(
+                model=model, split=Split(config_weights, fallback_name), config=config, variants=variants,
+                fallback=fallback, shadow=shadow, signature=signature,
+                metadata=metadata_bytes(model, names, signature, _PLATFORM.get(fallback.runner.kind, "onnx")),
+                known=frozenset(names),
+            )
+            self.routes[model] = routes
+            self.errors.pop(model, None)
+        if self._on_change is not None:
+            self._on_change(routes)
+        return routes
+
+    @staticmethod
+    def _fallback_name(weights: dict[str, float], specs: list[VariantSpec], default: VariantSpec | None) -> str:
+        if default is not None and default.name in weights:
+            return default.name
+        roles = {s.name: s.role for s in specs}
+        baselines = [n for n in weights if roles.get(n) == "baseline"]
+        if baselines:
+            return sorted(baselines)[0]
+        return max(weights, key=lambda n: (weights[n], n))
+
+    def runners(self) -> list[LoadedVariant]:
+        with self._load_lock:
+            return list(self._loaded.values())
+
+    def close(self) -> None:
+        for loaded in self.runners():
+            try:
+                loaded.runner.close()
+            except Exception:
+                log.exception("closing runner of %s/%s failed", loaded.model, loaded.name)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for model, routes in self.routes.items():
+            out[model] = {
+                "ready": True,
+                "split_version": routes.config.version if routes.config else 0,
+                "rollout_id": routes.rollout_id, "step": routes.step,
+                "weights": routes.split.weights, "fallback": routes.fallback.name,
+                "shadow": routes.shadow.name if routes.shadow else None,
+                "ejected": sorted(n for n, v in routes.variants.items() if v.breaker.ejected),
+            }
+        for model, why in self.errors.items():
+            out.setdefault(model, {"ready": False, "error": why})
+        return out

@@ -1,0 +1,120 @@
+"""Where a model's variants come from (a `VariantSource`) and how one is loaded into a runner.
+
+Loading is start-up or split-change work, never per request: the catalog source reads the
+database rows and asks the artifact store for a verified local path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from modelroll.errors import NotFound
+from router.runners import InlineRunner, Runner
+
+
+@dataclass(frozen=True, slots=True)
+class VariantSpec:
+    """How to run one variant: a local ONNX file, or a remote V2 server (`url` + `remote_model`)."""
+
+    model: str
+    name: str
+    role: str = "candidate"  # baseline | candidate
+    path: Path | None = None
+    url: str | None = None
+    remote_model: str | None = None
+    runner: str | None = None  # inline | subprocess; None = the router's default
+
+
+class VariantSource(Protocol):
+    def models(self) -> list[str]:
+        """Models the router serves."""
+
+    def variants(self, model: str) -> list[VariantSpec]:
+        """Every variant of `model` (raises NotFound for an unknown model)."""
+
+
+class StaticVariantSource:
+    """Variants given up front (tests, the bench, a router started on plain ONNX files)."""
+
+    def __init__(self, specs: Sequence[VariantSpec]) -> None:
+        self._by_model: dict[str, list[VariantSpec]] = {}
+        for spec in specs:
+            self._by_model.setdefault(spec.model, []).append(spec)
+
+    def add(self, spec: VariantSpec) -> None:
+        self._by_model.setdefault(spec.model, []).append(spec)
+
+    def models(self) -> list[str]:
+        return sorted(self._by_model)
+
+    def variants(self, model: str) -> list[VariantSpec]:
+        if model not in self._by_model:
+            raise NotFound(f"model {model!r} is unknown; known models: {self.models()}")
+        return list(self._by_model[model])
+
+
+class CatalogVariantSource:
+    """Variants registered in the database, with artifacts resolved (and hash-checked) by the store."""
+
+    def __init__(self, session_factory: Any, store: Any) -> None:
+        self._sessions = session_factory
+        self._store = store
+
+    def models(self) -> list[str]:
+        from sqlalchemy import select
+
+        from modelroll.db import ModelRow
+
+        with self._sessions() as session:
+            return sorted(session.scalars(select(ModelRow.name)).all())
+
+    def variants(self, model: str) -> list[VariantSpec]:
+        from sqlalchemy import select
+
+        from modelroll.db import ArtifactRow, ModelRow, VariantRow
+
+        with self._sessions() as session:
+            model_row = session.scalars(select(ModelRow).where(ModelRow.name == model)).one_or_none()
+            if model_row is None:
+                raise NotFound(f"model {model!r} is not registered")
+            rows = session.execute(
+                select(VariantRow.name, VariantRow.role, ArtifactRow.sha256, ArtifactRow.format)
+                .join(ArtifactRow, ArtifactRow.id == VariantRow.artifact_id)
+                .where(VariantRow.model_id == model_row.id)
+            ).all()
+        return [
+            VariantSpec(model=model, name=name, role=role, path=Path(self._store.path_of(sha)))
+            for name, role, sha, fmt in rows if fmt == "onnx"
+        ]
+
+
+def load_runner(spec: VariantSpec, default_runner: str, threads: int) -> Runner:
+    """Start the runner for one variant (may take seconds: start-up and split changes only)."""
+    if spec.url is not None:
+        from router.runner_http import HttpRunner
+
+        return HttpRunner(spec.url, spec.remote_model or spec.model)
+    if spec.path is None:
+        raise NotFound(f"variant {spec.name!r} of model {spec.model!r} has neither a file nor a URL")
+    kind = spec.runner or default_runner
+    if kind == "subprocess":
+        from router.runner_subprocess import SubprocessRunner
+
+        return SubprocessRunner(spec.path, threads)
+    return InlineRunner(spec.path, threads)
+
+
+def baseline_of(specs: Sequence[VariantSpec]) -> VariantSpec | None:
+    """The variant that serves when no split is published: role baseline, preferring the name 'baseline'."""
+    named = [s for s in specs if s.name == "baseline"]
+    if named:
+        return named[0]
+    by_role = [s for s in specs if s.role == "baseline"]
+    return by_role[0] if by_role else None
+
+
+def index(specs: Sequence[VariantSpec]) -> Mapping[str, VariantSpec]:
+    return {s.name: s for s in specs}
