@@ -135,7 +135,8 @@ class MemoryChannel(LiveChannel):
     def read_samples(self, group: str, consumer: str, count: int, block_s: float = 0.0) -> SampleBatch:
         if count < 1:
             raise InvalidInput(f"count must be at least 1, got {count}")
-        deadline = self._now() + max(block_s, 0.0)
+        # A real clock: waiting on the condition takes real time, whatever clock the TTLs run on.
+        deadline = time.monotonic() + max(block_s, 0.0)
         with self._samples:
             state = self._groups.get(group)
             if state is None:
@@ -143,7 +144,7 @@ class MemoryChannel(LiveChannel):
             batch = self._pending_for(state, consumer, count)
             while True:
                 self._deliver_new(state, consumer, count, batch)
-                remaining = deadline - self._now()
+                remaining = deadline - time.monotonic()
                 if batch.ids or remaining <= 0:
                     return batch
                 self._samples.wait(remaining)

@@ -8,6 +8,7 @@ Every Redis failure becomes `Unavailable` within the configured socket timeout.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -23,7 +24,10 @@ from modelroll.errors import InvalidInput, Unavailable
 from modelroll.live.base import Job, LiveChannel, Sample, SampleBatch, SplitConfig, Subscription
 from modelroll.live.memory import DEFAULT_SAMPLES_MAX_LEN
 from modelroll.live.redis_jobs import RedisJobs, command
+from modelroll.live.redis_lock import RedisLocks
 from modelroll.live.redis_watch import RedisSplitWatcher
+
+log = logging.getLogger(__name__)
 
 _FIELD = b"d"  # the one field of a sample entry: its orjson bytes
 _PIPELINE_BATCH = 1000
@@ -37,37 +41,6 @@ redis.call('HSET', KEYS[1], ARGV[1], doc)
 redis.call('PUBLISH', KEYS[3], doc)
 return v
 """
-# The lock key holds "<token>|<holder>"; KEYS: lock, fence counter; ARGV: holder, ttl ms.
-_ACQUIRE = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local token, holder = string.match(cur, '^(%d+)|(.*)$')
-  if holder == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return tonumber(token)
-  end
-  return false
-end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], token .. '|' .. ARGV[1], 'PX', ARGV[2])
-return token
-"""
-_RENEW = """
-local cur = redis.call('GET', KEYS[1])
-if cur and string.match(cur, '^%d+|(.*)$') == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-_RELEASE = """
-local cur = redis.call('GET', KEYS[1])
-if cur and string.match(cur, '^%d+|(.*)$') == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 
 def safe_url(url: str) -> str:
     """The URL without its password, fit for messages and logs."""
@@ -104,11 +77,10 @@ class RedisChannel(LiveChannel):
         self._changes_key = prefix + "split-changes"
         self._groups: set[str] = set()
         self._publish = self._client.register_script(_PUBLISH_SPLIT)
-        self._acquire = self._client.register_script(_ACQUIRE)
-        self._renew = self._client.register_script(_RENEW)
-        self._release = self._client.register_script(_RELEASE)
+        self._locks = RedisLocks(self._client, prefix)
         self._jobs = RedisJobs(self._client, prefix)
         self._watchers: list[RedisSplitWatcher] = []
+        self.unreadable_samples = 0
 
     def _new_client(self, **extra: Any) -> redis.Redis:
         try:
@@ -205,8 +177,16 @@ class RedisChannel(LiveChannel):
             if not fields:  # trimmed while pending: nothing left to redeliver
                 gone.append(entry_id)
                 continue
+            try:
+                parsed = Sample.from_bytes(fields[_FIELD] if isinstance(fields, dict) else fields[1])
+            except (ValueError, TypeError, KeyError, IndexError):
+                # Acked and counted, or it would come back to this consumer on every read.
+                self.unreadable_samples += 1
+                log.exception("sample %r in %s is unreadable; dropped", entry_id, self._samples_key)
+                gone.append(entry_id)
+                continue
             batch.ids.append(entry_id.decode())
-            batch.samples.append(Sample.from_bytes(fields[_FIELD] if isinstance(fields, dict) else fields[1]))
+            batch.samples.append(parsed)
         if gone:
             self._client.xack(self._samples_key, group, *gone)
         return len(entries)
@@ -272,24 +252,19 @@ class RedisChannel(LiveChannel):
             return self._jobs.dead_letters(queue)
 
     # --- leader lock --------------------------------------------------------------
-    def _lock_keys(self, name: str) -> list[str]:
-        key = self._prefix + "lock:" + name
-        return [key, key + ":fence"]
-
     def acquire_lock(self, name: str, holder: str, ttl_s: float) -> int | None:
         px = ttl_ms(ttl_s, "lock ttl_s")
         with self._guard(f"acquire lock {name!r}"):
-            token = self._acquire(keys=self._lock_keys(name), args=[holder, px])
-        return None if token is None else int(token)
+            return self._locks.acquire(name, holder, px)
 
     def renew_lock(self, name: str, holder: str, ttl_s: float) -> bool:
         px = ttl_ms(ttl_s, "lock ttl_s")
         with self._guard(f"renew lock {name!r}"):
-            return bool(self._renew(keys=self._lock_keys(name), args=[holder, px]))
+            return self._locks.renew(name, holder, px)
 
     def release_lock(self, name: str, holder: str) -> None:
         with self._guard(f"release lock {name!r}"):
-            self._release(keys=self._lock_keys(name)[:1], args=[holder])
+            self._locks.release(name, holder)
 
     def close(self) -> None:
         for watcher in self._watchers:

@@ -189,6 +189,18 @@ def test_sample_log_is_bounded_and_counts_what_it_trimmed(make_channel: MakeChan
     assert [s.request_id for s in kept.samples] == [f"req-{i}" for i in range(1000 - len(kept.ids), 1000)]
 
 
+def test_pending_samples_trimmed_away_are_dropped_not_redelivered(make_channel: MakeChannel) -> None:
+    channel = make_channel(samples_max_len=100)
+    channel.append_samples([sample(i) for i in range(10)])
+    assert len(channel.read_samples("g", "c", count=10).ids) == 10  # delivered, never acked
+    for start in range(10, 1010, 100):
+        channel.append_samples([sample(i) for i in range(start, start + 100)])
+    oldest_kept = channel.trimmed_samples()  # sample i is the i-th appended, so this is the oldest kept
+    assert oldest_kept >= 10
+    batch = channel.read_samples("g", "c", count=5)
+    assert [s.request_id for s in batch.samples] == [f"req-{i}" for i in range(oldest_kept, oldest_kept + 5)]
+
+
 def test_read_rejects_a_count_below_one(channel: LiveChannel) -> None:
     with pytest.raises(InvalidInput, match="count"):
         channel.read_samples("g", "c", count=0)
@@ -291,18 +303,6 @@ def test_lock_rejects_a_non_positive_ttl(channel: LiveChannel) -> None:
     with pytest.raises(InvalidInput, match="ttl_s"):
         channel.acquire_lock("leader", "a", ttl_s=0)
 
-
-
-def test_pending_samples_trimmed_away_are_dropped_not_redelivered(make_channel: MakeChannel) -> None:
-    channel = make_channel(samples_max_len=100)
-    channel.append_samples([sample(i) for i in range(10)])
-    assert len(channel.read_samples("g", "c", count=10).ids) == 10  # delivered, never acked
-    for start in range(10, 1010, 100):
-        channel.append_samples([sample(i) for i in range(start, start + 100)])
-    oldest_kept = channel.trimmed_samples()  # sample i is the i-th appended, so this is the oldest kept
-    assert oldest_kept >= 10
-    batch = channel.read_samples("g", "c", count=5)
-    assert [s.request_id for s in batch.samples] == [f"req-{i}" for i in range(oldest_kept, oldest_kept + 5)]
 
 
 # --- choosing the backend -------------------------------------------------------------------------
@@ -475,3 +475,19 @@ def _try_publish(channel: LiveChannel) -> SplitConfig | None:
         return channel.publish_split(SplitConfig("digits", {"baseline": 50.0, "int8": 50.0}))
     except Unavailable:
         return None
+
+
+def test_an_unreadable_sample_is_dropped_and_counted_not_redelivered(redis_url: str, redis_prefix: str) -> None:
+    channel = RedisChannel(redis_url, prefix=redis_prefix, timeout_s=2.0)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        channel.append_samples([sample(1)])
+        raw.xadd(redis_prefix + "samples", {"d": b"not json"})
+        channel.append_samples([sample(2)])
+        batch = channel.read_samples("g", "c", count=10)
+        assert [s.request_id for s in batch.samples] == ["req-1", "req-2"]
+        assert channel.unreadable_samples == 1
+        assert raw.xpending(redis_prefix + "samples", "g")["pending"] == 2  # the bad one is acked
+    finally:
+        channel.close()
+        raw.close()

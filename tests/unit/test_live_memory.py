@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,12 @@ def test_lock_lease_expires_exactly_and_renewal_keeps_the_token(channel: MemoryC
     assert token is not None and taken is not None and taken > token
     clock.t += 10
     assert channel.acquire_lock("leader", "a", ttl_s=10) == taken + 1  # even the old holder gets a new token
+
+
+def test_blocking_read_waits_in_real_time_even_on_a_fake_clock(channel: MemoryChannel) -> None:
+    start = time.monotonic()
+    assert channel.read_samples("g", "c", count=1, block_s=0.05).ids == []
+    assert 0.04 <= time.monotonic() - start < 1.0
 
 
 def test_stream_ids_grow_within_a_millisecond_and_when_the_wall_clock_steps_back() -> None:
