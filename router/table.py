@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from modelroll.errors import NotFound, Unavailable
+from modelroll.errors import ModelrollError, NotFound
 from modelroll.live.base import SplitConfig
 from router.breaker import Breaker
 from router.runners import Runner, RunnerError
@@ -74,7 +74,7 @@ class ModelTable:
         for model in self._source.models():
             try:
                 self.apply(None, model)
-            except (RunnerError, NotFound, Unavailable) as exc:
+            except (RunnerError, ModelrollError) as exc:
                 self.errors[model] = str(exc)
                 log.error("model %s cannot be served: %s", model, exc)
 
@@ -119,7 +119,7 @@ class ModelTable:
             for name in wanted:
                 try:
                     variants[name] = self.variant(model, name)
-                except (RunnerError, NotFound, Unavailable) as exc:
+                except (RunnerError, ModelrollError) as exc:
                     if name == fallback_name:
                         raise
                     log.error("variant %s of %s cannot be loaded, its traffic goes to %s: %s",
