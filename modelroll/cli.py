@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
+from typer._click.core import Context as ClickContext  # typer (pinned) vendors click; its Context types invoke()
+from typer._click.exceptions import NoArgsIsHelpError
 from typer.core import TyperGroup
 
 from modelroll import __version__, catalog, migrate
@@ -44,7 +46,7 @@ def _fail(message: str, code: int) -> NoReturn:
 class ModelrollGroup(TyperGroup):
     """The root group: every verb runs inside `invoke`, every usage error passes through `main`."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: ClickContext) -> Any:
         try:
             return super().invoke(ctx)
         except ModelrollError as exc:
@@ -58,6 +60,9 @@ class ModelrollGroup(TyperGroup):
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = result if isinstance(result, int) else EXIT_OK  # an Exit's code; verbs return None
+        except NoArgsIsHelpError as exc:  # `modelroll` or `modelroll db` alone: the help, as is
+            typer.echo(exc.format_message(), err=True)
+            code = exc.exit_code
         except typer.TyperException as exc:  # usage errors: missing argument, unknown option or verb
             context = getattr(exc, "ctx", None)
             hint = f" (see `{context.command_path} --help`)" if context is not None else ""
@@ -87,8 +92,12 @@ def load_settings() -> Settings:
         raise InvalidInput(f"{field}={first.get('input')!r} is not valid: {first['msg']}") from None
     level = logging.getLevelName(settings.log_level.upper())
     if not isinstance(level, int):
-        raise InvalidInput(f"MODELROLL_LOG_LEVEL={settings.log_level!r} is not valid: use DEBUG, INFO, WARNING or ERROR")
+        raise InvalidInput(
+            f"MODELROLL_LOG_LEVEL={settings.log_level!r} is not valid: use DEBUG, INFO, WARNING or ERROR"
+        )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    # Alembic narrates every connection at INFO; the db verbs print the outcome themselves.
+    logging.getLogger("alembic").setLevel(level if level <= logging.DEBUG else logging.WARNING)
     return settings
 
 
@@ -220,12 +229,16 @@ def models_list(
     if not models:
         typer.echo("no models registered yet: modelroll models register PATH --name NAME")
         return
-    table = Table("model", "variant", "role", "parent", "format", "size", "sha256", "created (UTC)", box=None)
+    table = Table(box=None)
+    for column in ("model", "variant", "role", "parent", "format", "size", "sha256", "created (UTC)"):
+        table.add_column(column, no_wrap=True)
     for model in models:
         for v in model.variants:
             table.add_row(model.name, v.name, v.role, v.parent or "-", v.format, human_bytes(v.size_bytes),
                           v.sha256[:12], f"{v.created_at:%Y-%m-%d %H:%M}")
-    Console(soft_wrap=True).print(table)
+    console = Console()
+    # Piped output is for reading later or grepping: never cut it to a guessed terminal width.
+    (console if console.is_terminal else Console(width=200)).print(table)
 
 
 def main() -> None:
