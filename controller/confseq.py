@@ -24,7 +24,8 @@ _LOG_ZETA = math.log(float(zeta(STITCH_S)) / math.log(STITCH_ETA) ** STITCH_S)
 # is within a factor 1.42 of a grid point (<= 4 % of the optimal growth lost) for a fixed log(16) cost.
 BET_FRACTIONS = np.geomspace(0.005, 0.95, 16)
 _LOG_BET_COUNT = math.log(len(BET_FRACTIONS))
-_BISECTION_STEPS = 40
+_GRID_POINTS = 16  # levels tried per refinement round
+_GRID_ROUNDS = 7  # 16**7: bounds exact to ~4e-9 of the starting bracket
 
 
 def stitched_boundary(v: float, alpha: float, v_min: float, c: float) -> float:
@@ -95,49 +96,56 @@ def quantile_intervals(values: np.ndarray, ps: tuple[float, ...], alpha: float, 
 
 
 def _log_wealth_up(levels: np.ndarray, counts: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """log of the mixture capital of bets that the mean exceeds `means`, for each problem row.
+    """log of the mixture capital of bets that the mean exceeds `means` (P, G), per problem row.
 
     A bet of fraction c at level m multiplies capital by (1 - c) + c*y/m per observation y in [0, 1]
-    (Kelly bet lambda = c/m on y - m); averaged uniformly over BET_FRACTIONS.
+    (Kelly bet lambda = c/m on y - m); the capital is averaged uniformly over BET_FRACTIONS.
     """
-    ratio = levels[None, :] / means[:, None]  # (P, J)
-    c = BET_FRACTIONS[None, None, :]
-    factors = np.log1p(c * (ratio[:, :, None] - 1.0))  # (P, J, K)
-    per_bet = np.einsum("pj,pjk->pk", counts, factors)
-    top = per_bet.max(axis=1)
-    return top + np.log(np.exp(per_bet - top[:, None]).sum(axis=1)) - _LOG_BET_COUNT  # type: ignore[no-any-return]
+    ratio = levels[:, None, :] / means[:, :, None]  # (P, G, J)
+    factors = np.log1p(BET_FRACTIONS * (ratio[..., None] - 1.0))  # (P, G, J, K)
+    per_bet = (counts[:, None, :, None] * factors).sum(axis=2)  # (P, G, K)
+    top = per_bet.max(axis=2, keepdims=True)
+    return (top[..., 0] + np.log(np.exp(per_bet - top).sum(axis=2))) - _LOG_BET_COUNT  # type: ignore[no-any-return]
 
 
-def _lower_bounds(levels: np.ndarray, counts: np.ndarray, alpha: float) -> np.ndarray:
+def _lower_bounds(levels: np.ndarray, counts: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """Smallest mean not rejected, per row; the capital falls as the level rises, so refine a grid bracket."""
     totals = counts.sum(axis=1)
-    sample_means = np.where(totals > 0, counts @ levels / np.maximum(totals, 1), 0.0)
-    threshold = math.log(1.0 / alpha)
-    low = np.zeros_like(sample_means)
-    high = sample_means.copy()  # the sample mean itself is never rejected: log(1 + x) <= x
-    active = (totals > 0) & (high > 0)
-    if not active.any():
-        return low
-    for _ in range(_BISECTION_STEPS):
-        mid = (low + high) / 2.0
-        rejected = np.zeros_like(mid, dtype=bool)
-        rejected[active] = _log_wealth_up(levels, counts[active], mid[active]) >= threshold
-        low = np.where(active & rejected, mid, low)
-        high = np.where(active & ~rejected, mid, high)
-    return low  # the largest level still rejected: conservative by at most 2**-40
+    sample_means = (counts * levels).sum(axis=1) / np.maximum(totals, 1.0)
+    thresholds = np.log(1.0 / alphas)[:, None]
+    low = np.zeros_like(sample_means)  # rejected (or zero)
+    decided = (totals > 0) & (sample_means > 0)  # other rows have lower bound 0; search them harmlessly
+    high = np.where(decided, sample_means, 1.0)  # the sample mean is never rejected: log(1 + x) <= x
+    steps = np.arange(1, _GRID_POINTS)[None, :] / _GRID_POINTS
+    for _ in range(_GRID_ROUNDS):
+        grid = low[:, None] + (high - low)[:, None] * steps  # (P, G - 1), increasing
+        rejected = _log_wealth_up(levels, counts, grid) >= thresholds
+        last = rejected.sum(axis=1)  # rejected levels form a prefix of the grid
+        rows = np.arange(grid.shape[0])
+        low = np.where(last > 0, grid[rows, np.maximum(last - 1, 0)], low)
+        high = np.where(last < grid.shape[1], grid[rows, np.minimum(last, grid.shape[1] - 1)], high)
+    return np.where(decided, low, 0.0)  # the largest level still rejected: conservative
 
 
-def bounded_mean_bounds(levels: np.ndarray, counts: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def bounded_mean_bounds(levels: np.ndarray, counts: np.ndarray, alphas: np.ndarray | float
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Anytime-valid lower and upper bounds (alpha per side) on the mean of [0, 1]-valued draws, from counts.
 
     Waudby-Smith & Ramdas, "Estimating means of bounded random variables by betting", JRSS-B 86(1),
-    2024: the mean is excluded once a fair bettor's capital reaches 1/alpha (Ville's inequality).
+    2024: a level is excluded once a bettor's capital against it reaches 1/alpha (Ville's inequality).
     We average constant bets over a fixed grid (their diversified Kelly), which depends on the data
     only through the counts of each value, so the answer does not depend on arrival order.
-    `levels` (J,) are the values a draw can take, `counts` (P, J) how often each occurred per problem.
+    `levels` (J,) are the values a draw can take, `counts` (P, J) how often each occurred per problem,
+    `alphas` the error per side for each problem (or one for all).
     """
     levels = np.asarray(levels, dtype=np.float64)
     counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
-    lower = _lower_bounds(levels, counts, alpha)
-    upper = 1.0 - _lower_bounds(1.0 - levels, counts, alpha)
+    rows = counts.shape[0]
+    alpha = np.broadcast_to(np.asarray(alphas, dtype=np.float64), (rows,))
+    # Upper bounds are lower bounds of the reflected draws 1 - y: solve both sides in one pass.
+    both_levels = np.concatenate([np.broadcast_to(levels, (rows, levels.size)),
+                                  np.broadcast_to(1.0 - levels, (rows, levels.size))])
+    lows = _lower_bounds(both_levels, np.concatenate([counts, counts]), np.concatenate([alpha, alpha]))
+    lower, upper = lows[:rows], 1.0 - lows[rows:]
     empty = counts.sum(axis=1) == 0
     return np.where(empty, 0.0, lower), np.where(empty, 1.0, upper)

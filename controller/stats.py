@@ -42,7 +42,33 @@ def evaluate(criteria: Criteria, obs: Observations) -> list[CriterionResult]:
     _check(obs)
     alpha = criterion_alpha(criteria)
     latency = _latency(criteria, obs, alpha)
-    return [*latency, _memory(criteria, obs, alpha), _accuracy(criteria, obs, alpha), _errors(criteria, obs, alpha)]
+    low, high = _mean_bounds(obs, alpha)
+    return [
+        *latency,
+        _memory(criteria, obs, alpha),
+        _accuracy(criteria, obs, alpha, low[:-2], high[:-2]),
+        _errors(criteria, obs, alpha, low[-2:], high[-2:]),
+    ]
+
+
+def _mean_bounds(obs: Observations, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """All bounded-mean bounds of one look in one vectorized call: accuracy rows, then both error rates.
+
+    Paired: one row, d = candidate right - baseline right in {-1, 0, 1} as (d + 1) / 2, alpha/2 per side.
+    Unpaired accuracy and error rates: one row per arm, alpha/4 per side (the difference uses two arms).
+    """
+    base, cand, paired = obs.baseline, obs.candidate, obs.paired
+    rows: list[list[int]] = []
+    alphas: list[float] = []
+    if paired.n > 0:
+        rows.append([paired.baseline_only, paired.both_correct + paired.neither, paired.candidate_only])
+        alphas.append(alpha / 2.0)
+    else:
+        rows += [[base.labelled - base.correct, 0, base.correct], [cand.labelled - cand.correct, 0, cand.correct]]
+        alphas += [alpha / 4.0, alpha / 4.0]
+    rows += [[base.requests - base.errors, 0, base.errors], [cand.requests - cand.errors, 0, cand.errors]]
+    alphas += [alpha / 4.0, alpha / 4.0]
+    return bounded_mean_bounds(_LEVELS, np.array(rows), np.array(alphas))
 
 
 def _check(obs: Observations) -> None:
@@ -77,7 +103,8 @@ def _ratio(base: Interval, cand: Interval) -> tuple[float, float, float]:
     return low, estimate, high
 
 
-def _ratio_verdict(low: float, high: float, limit: float) -> Verdict:
+def _upper_limit_verdict(low: float, high: float, limit: float) -> Verdict:
+    """For a figure that must stay <= limit (ratios, error difference): pass when its upper end is within it."""
     if high <= limit:
         return Verdict.PASS
     if low > limit:
@@ -130,7 +157,7 @@ def _latency(criteria: Criteria, obs: Observations, alpha: float) -> list[Criter
     results = []
     for (name, label, _), b, c in zip(names, base_iv, cand_iv, strict=True):
         low, estimate, high = _ratio(b, c)
-        verdict = _ratio_verdict(low, high, limit)
+        verdict = _upper_limit_verdict(low, high, limit)
         results.append(CriterionResult(
             criterion=name, verdict=verdict, estimate=_finite(estimate), ci_low=_finite(low), ci_high=_finite(high),
             threshold=limit, baseline_value=b.estimate, candidate_value=c.estimate,
@@ -161,7 +188,7 @@ def _memory(criteria: Criteria, obs: Observations, alpha: float) -> CriterionRes
     (b,) = quantile_intervals(base, (0.5,), alpha / 4.0, MEMORY_MIN_READINGS)
     (c,) = quantile_intervals(cand, (0.5,), alpha / 4.0, MEMORY_MIN_READINGS)
     low, estimate, high = _ratio(b, c)
-    verdict = _ratio_verdict(low, high, limit)
+    verdict = _upper_limit_verdict(low, high, limit)
     offline = _offline_ratio(obs.baseline, obs.candidate)
     offline_note = f" (offline {offline:.2f}×)" if offline is not None else ""
     return CriterionResult(
@@ -173,8 +200,8 @@ def _memory(criteria: Criteria, obs: Observations, alpha: float) -> CriterionRes
     )
 
 
-def _difference_verdict(low: float, high: float, limit: float) -> Verdict:
-    """For a difference that must stay >= limit (accuracy): pass when its lower end clears it."""
+def _lower_limit_verdict(low: float, high: float, limit: float) -> Verdict:
+    """For a figure that must stay >= limit (accuracy difference): pass when its lower end clears it."""
     if low >= limit:
         return Verdict.PASS
     if high < limit:
@@ -186,7 +213,8 @@ def _points(value: float) -> str:
     return f"{value * 100:+.1f}".replace("-", "−")
 
 
-def _accuracy(criteria: Criteria, obs: Observations, alpha: float) -> CriterionResult:
+def _accuracy(criteria: Criteria, obs: Observations, alpha: float, lo: np.ndarray, hi: np.ndarray
+              ) -> CriterionResult:
     limit = -criteria.accuracy_drop_max
     base, cand, paired = obs.baseline, obs.candidate, obs.paired
     if criteria.accuracy_drop_max >= 1.0:
@@ -197,14 +225,10 @@ def _accuracy(criteria: Criteria, obs: Observations, alpha: float) -> CriterionR
             message="accuracy is not gated: accuracy_drop_max is 1.0 (any drop allowed): passes",
         )
     if paired.n > 0:
-        # Shadow pairs: d = candidate right - baseline right in {-1, 0, 1}, rescaled to (d + 1) / 2 in [0, 1].
         method = f"paired betting confidence sequence on shadow pairs (Waudby-Smith & Ramdas 2024), alpha {alpha:.4g}"
         if paired.n < criteria.min_samples:
             return _not_enough("accuracy", limit, method, (paired.n, paired.n), criteria.min_samples,
                                "labelled shadow pairs")
-        ties = paired.both_correct + paired.neither
-        lo, hi = bounded_mean_bounds(_LEVELS, np.array([[paired.baseline_only, ties, paired.candidate_only]]),
-                                     alpha / 2.0)
         low, high = 2.0 * float(lo[0]) - 1.0, 2.0 * float(hi[0]) - 1.0
         base_acc = (paired.both_correct + paired.baseline_only) / paired.n
         cand_acc = (paired.both_correct + paired.candidate_only) / paired.n
@@ -214,14 +238,11 @@ def _accuracy(criteria: Criteria, obs: Observations, alpha: float) -> CriterionR
         counts = (base.labelled, cand.labelled)
         if min(counts) < criteria.min_samples:
             return _not_enough("accuracy", limit, method, counts, criteria.min_samples, "labelled predictions")
-        table = np.array([[base.labelled - base.correct, 0, base.correct],
-                          [cand.labelled - cand.correct, 0, cand.correct]])
-        lo, hi = bounded_mean_bounds(_LEVELS, table, alpha / 4.0)
         low, high = float(lo[1] - hi[0]), float(hi[1] - lo[0])
         base_acc, cand_acc = base.correct / base.labelled, cand.correct / cand.labelled
         source = f" ({counts[0]} and {counts[1]} labelled, unpaired)"
     estimate = cand_acc - base_acc
-    verdict = _difference_verdict(low, high, limit)
+    verdict = _lower_limit_verdict(low, high, limit)
     return CriterionResult(
         criterion="accuracy", verdict=verdict, estimate=estimate, ci_low=low, ci_high=high, threshold=limit,
         baseline_value=base_acc, candidate_value=cand_acc, baseline_n=counts[0], candidate_n=counts[1],
@@ -231,24 +252,17 @@ def _accuracy(criteria: Criteria, obs: Observations, alpha: float) -> CriterionR
     )
 
 
-def _errors(criteria: Criteria, obs: Observations, alpha: float) -> CriterionResult:
+def _errors(criteria: Criteria, obs: Observations, alpha: float, lo: np.ndarray, hi: np.ndarray) -> CriterionResult:
     limit = criteria.error_rate_tolerance
     base, cand = obs.baseline, obs.candidate
     method = f"betting confidence sequences on each arm's error rate (Waudby-Smith & Ramdas 2024), alpha {alpha:.4g}"
     counts = (base.requests, cand.requests)
     if min(counts) < criteria.min_samples:
         return _not_enough("errors", limit, method, counts, criteria.min_samples)
-    table = np.array([[base.requests - base.errors, 0, base.errors], [cand.requests - cand.errors, 0, cand.errors]])
-    lo, hi = bounded_mean_bounds(_LEVELS, table, alpha / 4.0)
     low, high = float(lo[1] - hi[0]), float(hi[1] - lo[0])
     base_rate, cand_rate = base.errors / base.requests, cand.errors / cand.requests
     estimate = cand_rate - base_rate
-    if high <= limit:
-        verdict = Verdict.PASS
-    elif low > limit:
-        verdict = Verdict.FAIL
-    else:
-        verdict = Verdict.UNDECIDED
+    verdict = _upper_limit_verdict(low, high, limit)
     return CriterionResult(
         criterion="errors", verdict=verdict, estimate=estimate, ci_low=low, ci_high=high, threshold=limit,
         baseline_value=base_rate, candidate_value=cand_rate, baseline_n=counts[0], candidate_n=counts[1],

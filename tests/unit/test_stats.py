@@ -1,0 +1,338 @@
+"""Unit and property tests of the statistics: confidence-sequence primitives and per-criterion verdicts."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.confseq import bounded_mean_bounds, quantile_intervals, quantile_ranks, stitched_boundary
+from controller.observations import ArmObservations, Observations, PairedCounts
+from controller.stats import CRITERIA, MEMORY_MIN_READINGS, criterion_alpha, evaluate, overall
+from modelroll.errors import InvalidInput
+from modelroll.types import Criteria, CriterionResult, Verdict
+
+LEVELS = np.array([0.0, 0.5, 1.0])
+
+
+def arm(latency_ms: np.ndarray | None = None, *, requests: int | None = None, errors: int = 0,
+        memory: np.ndarray | None = None, labelled: int = 0, correct: int = 0,
+        offline: int | None = None) -> ArmObservations:
+    latency = np.asarray(latency_ms if latency_ms is not None else [], dtype=np.float64)
+    return ArmObservations(
+        latency_ms=latency, requests=requests if requests is not None else latency.size, errors=errors,
+        memory_bytes=np.asarray(memory if memory is not None else [], dtype=np.float64),
+        labelled=labelled, correct=correct, offline_memory_bytes=offline,
+    )
+
+
+def healthy_pair(n: int = 3000, seed: int = 1, latency_ratio: float = 0.35, memory_ratio: float = 0.3,
+                 paired: PairedCounts | None = None, cand_errors: int = 3) -> Observations:
+    rng = np.random.default_rng(seed)
+    mem = 1e9 * (1 + 0.01 * rng.standard_normal(60))
+    base = arm(rng.lognormal(np.log(20), 0.35, n), errors=3, memory=mem, labelled=n, correct=int(0.9 * n),
+               offline=10**9)
+    cand = arm(rng.lognormal(np.log(20 * latency_ratio), 0.35, n), errors=cand_errors,
+               memory=memory_ratio * 1e9 * (1 + 0.01 * rng.standard_normal(60)), labelled=n,
+               correct=int(0.9 * n), offline=int(memory_ratio * 10**9))
+    if paired is None:
+        d = int(0.015 * n)
+        paired = PairedCounts(both_correct=int(0.9 * n) - d, baseline_only=d, candidate_only=d,
+                              neither=n - int(0.9 * n) - d)
+    return Observations(baseline=base, candidate=cand, paired=paired)
+
+
+def by_name(results: list[CriterionResult]) -> dict[str, CriterionResult]:
+    return {r.criterion: r for r in results}
+
+
+# ---- primitives ---------------------------------------------------------------------------------------------
+
+def test_stitched_boundary_grows_slower_than_time_and_widens_for_smaller_alpha() -> None:
+    values = [stitched_boundary(v, 0.01, 10.0, 0.1) for v in (10.0, 100.0, 1e4, 1e6)]
+    assert values == sorted(values)
+    assert [f / v for f, v in zip(values, (10.0, 100.0, 1e4, 1e6), strict=True)] == sorted(
+        [f / v for f, v in zip(values, (10.0, 100.0, 1e4, 1e6), strict=True)], reverse=True)
+    assert stitched_boundary(100.0, 0.001, 10.0, 0.1) > stitched_boundary(100.0, 0.01, 10.0, 0.1)
+    # Below v_min the boundary is the one at v_min (Howard et al. 2021 use max(v, m)).
+    assert stitched_boundary(1.0, 0.01, 10.0, 0.1) == stitched_boundary(10.0, 0.01, 10.0, 0.1)
+
+
+@given(n=st.integers(1, 10**7), p=st.sampled_from([0.5, 0.9, 0.95, 0.99]), alpha=st.floats(1e-6, 0.2))
+def test_quantile_ranks_bracket_the_empirical_quantile(n: int, p: float, alpha: float) -> None:
+    ranks = quantile_ranks(n, p, alpha, 200)
+    assert 0 <= ranks.low <= ranks.estimate <= ranks.high <= n + 1
+    wider = quantile_ranks(n, p, alpha / 10, 200)
+    assert wider.low <= ranks.low and wider.high >= ranks.high
+
+
+def test_quantile_interval_width_shrinks_like_root_n() -> None:
+    widths = []
+    for n in (1_000, 100_000):
+        ranks = quantile_ranks(n, 0.95, 0.0025, 200)
+        widths.append((ranks.high - ranks.low) / n)
+    assert widths[1] < widths[0] / 5  # ~ sqrt(100) = 10x narrower up to the iterated-log factor
+
+
+def test_quantile_intervals_are_unbounded_until_the_data_bound_them() -> None:
+    (iv,) = quantile_intervals(np.arange(10.0), (0.95,), 0.0025, 200)
+    assert iv.high == math.inf and iv.low == -math.inf
+    (empty,) = quantile_intervals(np.array([]), (0.5,), 0.0025, 200)
+    assert empty.low == -math.inf and empty.high == math.inf
+
+
+@given(counts=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 5000), st.integers(0, 5000)),
+                       min_size=1, max_size=4),
+       alpha=st.floats(1e-5, 0.3))
+@settings(max_examples=60, deadline=None)
+def test_betting_bounds_contain_the_sample_mean_and_reflect(counts: list[tuple[int, int, int]], alpha: float) -> None:
+    table = np.array(counts, dtype=np.float64)
+    low, high = bounded_mean_bounds(LEVELS, table, alpha)
+    totals = table.sum(axis=1)
+    means = np.where(totals > 0, table @ LEVELS / np.maximum(totals, 1), 0.5)
+    assert np.all(low <= means + 1e-12) and np.all(means <= high + 1e-12)
+    assert np.all((low >= 0) & (high <= 1))
+    # Swapping the roles of 0 and 1 mirrors the interval.
+    mlow, mhigh = bounded_mean_bounds(LEVELS, table[:, ::-1], alpha)
+    assert np.allclose(mlow, 1 - high, atol=1e-7) and np.allclose(mhigh, 1 - low, atol=1e-7)
+
+
+def test_betting_bounds_tighten_with_data_and_adapt_to_low_variance() -> None:
+    low_small, high_small = bounded_mean_bounds(LEVELS, np.array([[10, 80, 10]]), 0.005)
+    low_big, high_big = bounded_mean_bounds(LEVELS, np.array([[1000, 8000, 1000]]), 0.005)
+    assert high_big[0] - low_big[0] < (high_small[0] - low_small[0]) / 5
+    # Same mean, far less variance (mostly ties): a much narrower interval.
+    low_ties, high_ties = bounded_mean_bounds(LEVELS, np.array([[100, 9800, 100]]), 0.005)
+    low_spread, high_spread = bounded_mean_bounds(LEVELS, np.array([[5000, 0, 5000]]), 0.005)
+    assert high_ties[0] - low_ties[0] < (high_spread[0] - low_spread[0]) / 3
+
+
+# ---- evaluate: contract -------------------------------------------------------------------------------------
+
+def test_evaluate_returns_the_contract_criteria_in_order() -> None:
+    results = evaluate(Criteria(), healthy_pair())
+    assert [r.criterion for r in results] == list(CRITERIA) == [
+        "latency_p50", "latency_p95", "memory", "accuracy", "errors"]
+
+
+def test_clearly_good_candidate_passes_every_criterion_with_readable_messages() -> None:
+    results = by_name(evaluate(Criteria(), healthy_pair()))
+    assert overall(list(results.values())) is Verdict.PASS
+    assert re.fullmatch(r"candidate p95 is 0\.\d\d× baseline \[0\.\d\d, 0\.\d\d\], needs ≤ 0\.50×: passes",
+                        results["latency_p95"].message)
+    assert re.fullmatch(r"candidate memory is 0\.30× baseline \[0\.\d\d, 0\.\d\d\] \(offline 0\.30×\), "
+                        r"needs ≤ 0\.40×: passes", results["memory"].message)
+    assert re.fullmatch(r"accuracy [+−]0\.0 points \[−\d\.\d, \+\d\.\d\] vs budget −2\.0 \(3000 shadow pairs\): passes",
+                        results["accuracy"].message)
+    assert results["errors"].message.endswith("allowed ≤ +1.0: passes")
+
+
+def test_not_enough_samples_gives_no_verdict_whatever_the_data() -> None:
+    obs = healthy_pair(n=120, latency_ratio=5.0)  # terrible, but too few samples to say so
+    for result in evaluate(Criteria(min_samples=200), obs):
+        assert result.verdict is Verdict.UNDECIDED
+        assert result.message.startswith("not enough"), result.message
+    assert by_name(evaluate(Criteria(), obs))["latency_p95"].message == "not enough samples yet: 120 of 200 per arm"
+
+
+def test_accuracy_without_labels_stays_undecided() -> None:
+    obs = healthy_pair(paired=PairedCounts())
+    no_labels = Observations(
+        baseline=arm(obs.baseline.latency_ms, memory=obs.baseline.memory_bytes),
+        candidate=arm(obs.candidate.latency_ms, memory=obs.candidate.memory_bytes), paired=PairedCounts())
+    result = by_name(evaluate(Criteria(), no_labels))["accuracy"]
+    assert result.verdict is Verdict.UNDECIDED
+    assert result.message == "not enough labelled predictions yet: 0 of 200 per arm"
+
+
+def test_accuracy_is_not_gated_when_any_drop_is_allowed() -> None:
+    result = by_name(evaluate(Criteria(accuracy_drop_max=1.0), healthy_pair(paired=PairedCounts())))["accuracy"]
+    assert result.verdict is Verdict.PASS and "not gated" in result.message
+
+
+def test_three_point_drop_fails_and_paired_test_is_tighter_than_unpaired() -> None:
+    n = 20_000
+    paired = PairedCounts(both_correct=int(0.86 * n), baseline_only=int(0.04 * n), candidate_only=int(0.01 * n),
+                          neither=int(0.09 * n))
+    obs = healthy_pair(n=n, paired=paired)
+    obs = Observations(
+        baseline=arm(obs.baseline.latency_ms, memory=obs.baseline.memory_bytes, labelled=n, correct=int(0.90 * n)),
+        candidate=arm(obs.candidate.latency_ms, memory=obs.candidate.memory_bytes, labelled=n, correct=int(0.87 * n)),
+        paired=paired)
+    with_pairs = by_name(evaluate(Criteria(), obs))["accuracy"]
+    assert with_pairs.verdict is Verdict.FAIL and "shadow pairs" in with_pairs.method
+    assert with_pairs.estimate == pytest.approx(-0.03)
+    assert with_pairs.message.endswith("vs budget −2.0 (20000 shadow pairs): fails")
+    unpaired = by_name(evaluate(Criteria(), Observations(obs.baseline, obs.candidate, PairedCounts())))["accuracy"]
+    assert "unpaired" in unpaired.method and unpaired.estimate == pytest.approx(-0.03)
+    assert unpaired.ci_high is not None and unpaired.ci_low is not None
+    assert with_pairs.ci_high is not None and with_pairs.ci_low is not None
+    assert with_pairs.ci_high - with_pairs.ci_low < (unpaired.ci_high - unpaired.ci_low) / 2
+
+
+def test_error_burst_fails_the_guardrail_at_the_first_verdict() -> None:
+    result = by_name(evaluate(Criteria(), healthy_pair(n=200, cand_errors=40)))["errors"]
+    assert result.verdict is Verdict.FAIL
+    assert result.candidate_value == pytest.approx(0.2)
+    assert overall(evaluate(Criteria(), healthy_pair(n=200, cand_errors=40))) is Verdict.FAIL
+
+
+def test_latency_slower_candidate_fails_and_boundary_one_stays_undecided() -> None:
+    slow = by_name(evaluate(Criteria(), healthy_pair(n=20_000, latency_ratio=0.8)))
+    assert slow["latency_p50"].verdict is Verdict.FAIL and slow["latency_p95"].verdict is Verdict.FAIL
+    assert slow["latency_p50"].message.endswith("needs ≤ 0.50×: fails")
+    boundary = by_name(evaluate(Criteria(), healthy_pair(n=20_000, latency_ratio=0.5)))
+    assert boundary["latency_p50"].verdict is Verdict.UNDECIDED
+    assert boundary["latency_p50"].message.endswith("not decided yet")
+
+
+def test_quantiles_shrug_off_outliers_and_invalid_values_are_counted() -> None:
+    obs = healthy_pair()
+    rng = np.random.default_rng(5)
+    noisy = np.concatenate([obs.candidate.latency_ms, rng.uniform(1e4, 1e5, 20), [np.nan, -1.0, np.inf]])
+    rng.shuffle(noisy)
+    polluted = Observations(obs.baseline, arm(noisy, requests=noisy.size, memory=obs.candidate.memory_bytes,
+                                              labelled=3000, correct=2700), obs.paired)
+    clean, dirty = by_name(evaluate(Criteria(), obs)), by_name(evaluate(Criteria(), polluted))
+    assert dirty["latency_p50"].verdict is Verdict.PASS
+    assert dirty["latency_p50"].estimate == pytest.approx(clean["latency_p50"].estimate, rel=0.02)
+    assert "(3 invalid latency values ignored)" in dirty["latency_p50"].message
+
+
+def test_memory_needs_gauge_readings_and_shows_the_offline_figure() -> None:
+    obs = healthy_pair()
+    few = Observations(
+        arm(obs.baseline.latency_ms, memory=obs.baseline.memory_bytes[:4], labelled=3000, correct=2700),
+        arm(obs.candidate.latency_ms, memory=obs.candidate.memory_bytes[:4], labelled=3000, correct=2700),
+        obs.paired)
+    result = by_name(evaluate(Criteria(), few))["memory"]
+    assert result.verdict is Verdict.UNDECIDED
+    assert result.message == f"not enough memory readings yet: 4 of {MEMORY_MIN_READINGS} per arm"
+    big = by_name(evaluate(Criteria(), healthy_pair(memory_ratio=0.6)))["memory"]
+    assert big.verdict is Verdict.FAIL and "(offline 0.60×)" in big.message
+
+
+def test_alpha_is_split_equally_over_the_five_criteria() -> None:
+    assert criterion_alpha(Criteria(alpha=0.05)) == pytest.approx(0.01)
+    for result in evaluate(Criteria(alpha=0.05), healthy_pair()):
+        assert "alpha 0.01" in result.method
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(errors=5, requests=3), "errors (5) cannot exceed its requests (3)"),
+    (dict(correct=9, labelled=3), "correct (9) cannot exceed its labelled (3)"),
+    (dict(requests=-1), "requests must be >= 0, got -1"),
+])
+def test_inconsistent_counts_are_rejected_with_a_clear_message(bad: dict[str, int], message: str) -> None:
+    fields = dict(requests=10, errors=0, labelled=0, correct=0) | bad
+    broken = ArmObservations(latency_ms=np.zeros(0), memory_bytes=np.zeros(0), **fields)
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        evaluate(Criteria(), Observations(broken, arm(), PairedCounts()))
+    with pytest.raises(InvalidInput, match="paired counts must be >= 0"):
+        evaluate(Criteria(), Observations(arm(), arm(), PairedCounts(neither=-1)))
+
+
+def test_evaluate_is_fast_on_a_million_latencies_per_arm() -> None:
+    rng = np.random.default_rng(2)
+    n = 1_000_000
+    obs = Observations(
+        arm(rng.lognormal(3, 0.4, n), memory=np.full(100, 1e9), labelled=n, correct=n // 2),
+        arm(rng.lognormal(2, 0.4, n), memory=np.full(100, 3e8), labelled=n, correct=n // 2),
+        PairedCounts(both_correct=n // 2, neither=n // 2))
+    evaluate(Criteria(), obs)
+    started = time.perf_counter()
+    results = evaluate(Criteria(), obs)
+    elapsed = time.perf_counter() - started
+    assert overall(results) is Verdict.PASS
+    assert elapsed < 0.5, f"evaluate took {elapsed:.3f} s on 10^6 latencies per arm"
+
+
+# ---- evaluate: properties -----------------------------------------------------------------------------------
+
+observations = st.builds(
+    lambda n_b, n_c, scale, seed, err_b, err_c, acc, pairs: _random_obs(n_b, n_c, scale, seed, err_b, err_c, acc,
+                                                                        pairs),
+    st.integers(0, 3000), st.integers(0, 3000), st.floats(0.05, 3.0), st.integers(0, 2**32 - 1),
+    st.floats(0, 0.3), st.floats(0, 0.3), st.floats(0.5, 1.0), st.booleans())
+
+
+def _random_obs(n_b: int, n_c: int, scale: float, seed: int, err_b: float, err_c: float, acc: float,
+                pairs: bool) -> Observations:
+    rng = np.random.default_rng(seed)
+
+    def one(n: int, s: float, err: float) -> ArmObservations:
+        errors = int(rng.binomial(n, err)) if n else 0
+        correct = int(rng.binomial(n, acc)) if n else 0
+        return arm(rng.lognormal(np.log(20 * s), 0.5, n), requests=n, errors=errors,
+                   memory=s * 1e8 * (1 + 0.02 * rng.standard_normal(n // 50)), labelled=n, correct=correct)
+
+    paired = PairedCounts()
+    if pairs:
+        k = min(n_b, n_c)
+        paired = PairedCounts(*(int(v) for v in rng.multinomial(k, [acc * 0.95, acc * 0.05, 0.03, 1 - acc - 0.03]
+                                                                if acc < 0.97 else [0.9, 0.04, 0.03, 0.03])))
+    return Observations(one(n_b, 1.0, err_b), one(n_c, scale, err_c), paired)
+
+
+@given(obs=observations, alpha=st.sampled_from([0.01, 0.05, 0.2]), min_samples=st.sampled_from([1, 50, 200]))
+@settings(max_examples=80, deadline=None)
+def test_every_verdict_agrees_with_its_interval_and_threshold(obs: Observations, alpha: float,
+                                                             min_samples: int) -> None:
+    results = evaluate(Criteria(alpha=alpha, min_samples=min_samples), obs)
+    assert [r.criterion for r in results] == list(CRITERIA)
+    for r in results:
+        for value in (r.estimate, r.ci_low, r.ci_high):
+            assert value is None or math.isfinite(value), r  # JSON-safe: unbounded ends are None
+        if r.ci_low is not None and r.ci_high is not None:
+            assert r.ci_low <= r.ci_high
+            if r.estimate is not None:
+                assert r.ci_low - 1e-9 <= r.estimate <= r.ci_high + 1e-9, r
+        lower_is_better = r.criterion != "accuracy"
+        if r.verdict is Verdict.PASS and r.method != "not gated":
+            assert r.ci_high is not None if lower_is_better else r.ci_low is not None
+            assert (r.ci_high <= r.threshold) if lower_is_better else (r.ci_low >= r.threshold)  # type: ignore[operator]
+        if r.verdict is Verdict.FAIL:
+            assert (r.ci_low > r.threshold) if lower_is_better else (r.ci_high < r.threshold)  # type: ignore[operator]
+        assert r.message.endswith(("passes", "fails", "not decided yet")) or r.message.startswith("not enough")
+
+
+@given(seed=st.integers(0, 2**32 - 1), factor=st.floats(0.1, 10.0))
+@settings(max_examples=30, deadline=None)
+def test_latency_interval_is_scale_equivariant_and_order_free(seed: int, factor: float) -> None:
+    obs = healthy_pair(n=1000, seed=seed)
+    base = by_name(evaluate(Criteria(), obs))
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(obs.candidate.latency_ms)
+    scaled = Observations(obs.baseline, arm(shuffled * factor, memory=obs.candidate.memory_bytes, labelled=1000,
+                                            correct=900), obs.paired)
+    moved = by_name(evaluate(Criteria(), scaled))
+    for name in ("latency_p50", "latency_p95"):
+        for attr in ("estimate", "ci_low", "ci_high"):
+            assert getattr(moved[name], attr) == pytest.approx(getattr(base[name], attr) * factor, rel=1e-9)
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=20, deadline=None)
+def test_swapping_arms_inverts_the_latency_ratio_interval(seed: int) -> None:
+    obs = healthy_pair(n=800, seed=seed, latency_ratio=0.7)
+    forward = by_name(evaluate(Criteria(), obs))
+    backward = by_name(evaluate(Criteria(), Observations(obs.candidate, obs.baseline, obs.paired)))
+    for name in ("latency_p50", "latency_p95"):
+        f, b = forward[name], backward[name]
+        assert f.ci_low is not None and f.ci_high is not None and b.ci_low is not None and b.ci_high is not None
+        assert b.ci_low == pytest.approx(1 / f.ci_high) and b.ci_high == pytest.approx(1 / f.ci_low)
+
+
+@given(verdicts=st.lists(st.sampled_from(list(Verdict)), max_size=6))
+def test_overall_fails_on_any_fail_and_passes_only_when_all_pass(verdicts: list[Verdict]) -> None:
+    results = [CriterionResult(criterion="x", verdict=v, estimate=None, ci_low=None, ci_high=None, threshold=0.0,
+                               baseline_value=None, candidate_value=None, baseline_n=0, candidate_n=0,
+                               method="m", message="m") for v in verdicts]
+    expected = (Verdict.FAIL if Verdict.FAIL in verdicts
+                else Verdict.PASS if verdicts and set(verdicts) == {Verdict.PASS} else Verdict.UNDECIDED)
+    assert overall(results) is expected
