@@ -1,0 +1,183 @@
+"""The V2 codec: every datatype in JSON and binary, and every kind of bad tensor refused with a clear 400."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from modelroll.errors import InvalidInput
+from router.protocol import decode_request, encode_response, serialize_bytes
+from router.runner_http import decode_response
+from router.tensors import Signature, TensorSpec
+
+TYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64"]
+SIG = Signature(
+    tuple(TensorSpec(f"in_{t.lower()}", t, (-1, 3)) for t in TYPES) + (TensorSpec("in_bytes", "BYTES", (-1,)),),
+    tuple(TensorSpec(f"out_{t.lower()}", t, (-1, 3)) for t in TYPES) + (TensorSpec("out_bytes", "BYTES", (-1,)),),
+)
+DIGITS = Signature((TensorSpec("input", "FP32", (-1, 64)),), (TensorSpec("logits", "FP32", (-1, 10)),))
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    out: dict[str, np.ndarray] = {}
+    for t in TYPES:
+        dtype = SIG.input_by_name[f"in_{t.lower()}"].dtype
+        if t == "BOOL":
+            out[f"in_{t.lower()}"] = rng.integers(0, 2, (2, 3)).astype(bool)
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            out[f"in_{t.lower()}"] = rng.integers(max(info.min, -100), min(info.max, 100), (2, 3)).astype(dtype)
+        else:
+            out[f"in_{t.lower()}"] = rng.normal(size=(2, 3)).astype(dtype)
+    out["in_bytes"] = np.array([b"hello", "wörld".encode()], dtype=object)
+    return out
+
+
+def _json_body(arrays: dict[str, np.ndarray]) -> bytes:
+    inputs = []
+    for name, arr in arrays.items():
+        spec = SIG.input_by_name[name]
+        data = [x.decode() for x in arr] if spec.datatype == "BYTES" else arr.tolist()
+        inputs.append({"name": name, "datatype": spec.datatype, "shape": list(arr.shape), "data": data})
+    return orjson.dumps({"id": "r1", "inputs": inputs})
+
+
+def _binary_body(arrays: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    inputs, blobs = [], []
+    for name, arr in arrays.items():
+        spec = SIG.input_by_name[name]
+        blob = serialize_bytes(arr) if spec.datatype == "BYTES" else arr.tobytes()
+        inputs.append({"name": name, "datatype": spec.datatype, "shape": list(arr.shape),
+                       "parameters": {"binary_data_size": len(blob)}})
+        blobs.append(blob)
+    header = orjson.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}})
+    return header + b"".join(blobs), len(header)
+
+
+def _outputs_of(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name.replace("in_", "out_"): arr for name, arr in arrays.items()}
+
+
+def test_every_datatype_round_trips_through_json() -> None:
+    arrays = _arrays()
+    request = decode_request(_json_body(arrays), None, SIG)
+    assert request.id == "r1" and request.batch_size == 2
+    for name, arr in arrays.items():
+        got = request.inputs[name]
+        assert got.dtype == SIG.input_by_name[name].dtype
+        np.testing.assert_array_equal(got, arr)
+    body, header_len = encode_response("m", "baseline", "r1", _outputs_of(request.inputs), request)
+    assert header_len is None
+    decoded = decode_response(body, None)
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(decoded[name.replace("in_", "out_")], arr)
+
+
+def test_every_datatype_round_trips_through_binary_tensors() -> None:
+    arrays = _arrays()
+    body, header_len = _binary_body(arrays)
+    request = decode_request(body, header_len, SIG)
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(request.inputs[name], arr)
+    out, out_header_len = encode_response("m", "baseline", "r", _outputs_of(request.inputs), request)
+    assert out_header_len is not None
+    head = orjson.loads(out[:out_header_len])
+    assert all("binary_data_size" in o["parameters"] for o in head["outputs"])
+    decoded = decode_response(out, out_header_len)
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(decoded[name.replace("in_", "out_")], arr)
+
+
+def test_requested_outputs_pick_names_and_encoding() -> None:
+    body = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]})
+    request = decode_request(body, None, DIGITS)
+    out, header_len = encode_response("d", "b", "x", {"logits": np.arange(10, dtype=np.float32)[None]}, request)
+    assert header_len is not None and len(out) - header_len == 40
+
+
+def test_nested_json_data_is_accepted() -> None:
+    rows = [[float(i)] * 64 for i in range(3)]
+    body = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 64], "data": rows}]})
+    assert decode_request(body, None, DIGITS).inputs["input"].shape == (3, 64)
+
+
+def _one(**entry: object) -> bytes:
+    base: dict[str, object] = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}
+    base.update(entry)
+    return orjson.dumps({"inputs": [base]})
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"not json", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    (orjson.dumps({"inputs": []}), "non-empty list"),
+    (orjson.dumps({"inputs": {"name": "input"}}), "non-empty list"),
+    (orjson.dumps({"inputs": [5]}), "each input must be an object"),
+    (_one(name="pixels"), "input 'pixels' is unknown"),
+    (_one(datatype="FP64"), "does not match the model's FP32"),
+    (_one(datatype="FLOAT"), "accepted datatypes"),
+    (_one(shape=[1, 63]), "does not match the model's [-1, 64]"),
+    (_one(shape=[64]), "has 1 dimensions"),
+    (_one(shape=[1, -64]), "non-negative integers"),
+    (_one(shape="1x64"), "non-negative integers"),
+    (_one(data=[0.5] * 63), "needs 64"),
+    (_one(data=["a"] * 64), "must be numbers"),
+    (_one(data=[[0.5] * 63, [0.5]]), "ragged"),
+    (_one(data=5), "must be a list"),
+    (_one(data=None, parameters={}), "must be a list"),
+    (orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64]}]}), "neither 'data'"),
+    (orjson.dumps({"id": 7, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                        "data": [0] * 64}]}), "'id' must be a string"),
+    (orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}],
+                   "outputs": [{"name": "probs"}]}), "requested output 'probs' is unknown"),
+    (orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}] * 2}),
+     "given twice"),
+])
+def test_bad_json_requests_are_refused_with_a_reason(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        decode_request(body, None, DIGITS)
+    assert message in err.value.message
+
+
+def test_integer_and_bool_inputs_are_type_checked() -> None:
+    def req(name: str, datatype: str, data: list[object]) -> bytes:
+        return orjson.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": [1, 3], "data": data}]})
+
+    sig = Signature((TensorSpec("i8", "INT8", (-1, 3)),), (TensorSpec("o", "INT8", (-1, 3)),))
+    with pytest.raises(InvalidInput, match="must fit INT8"):
+        decode_request(req("i8", "INT8", [1, 2, 300]), None, sig)
+    with pytest.raises(InvalidInput, match="must be integers"):
+        decode_request(req("i8", "INT8", [1.5, 2, 3]), None, sig)
+    bsig = Signature((TensorSpec("b", "BOOL", (-1, 3)),), (TensorSpec("o", "BOOL", (-1, 3)),))
+    with pytest.raises(InvalidInput, match="true/false"):
+        decode_request(req("b", "BOOL", [1, 0, 1]), None, bsig)
+
+
+def test_bad_binary_requests_are_refused_with_a_reason() -> None:
+    header = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                       "parameters": {"binary_data_size": 256}}]})
+    good = header + np.zeros(64, np.float32).tobytes()
+    assert decode_request(good, len(header), DIGITS).inputs["input"].shape == (1, 64)
+    cases = [
+        (header + b"\0" * 100, len(header), "runs past the end"),
+        (header + b"\0" * 300, len(header), "binary bytes that no input"),
+        (good, len(good) + 5, "Inference-Header-Content-Length is"),
+        (good, None, "not valid JSON"),
+        (header, None, "no Inference-Header-Content-Length"),
+    ]
+    for body, hlen, message in cases:
+        with pytest.raises(InvalidInput) as err:
+            decode_request(body, hlen, DIGITS)
+        assert message in err.value.message, (message, err.value.message)
+    wrong_size = orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                           "parameters": {"binary_data_size": 200}}]})
+    with pytest.raises(InvalidInput, match="needs 256"):
+        decode_request(wrong_size + b"\0" * 200, len(wrong_size), DIGITS)
+    bsig = Signature((TensorSpec("s", "BYTES", (-1,)),), (TensorSpec("o", "BYTES", (-1,)),))
+    bad_bytes = orjson.dumps({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1],
+                                          "parameters": {"binary_data_size": 6}}]})
+    with pytest.raises(InvalidInput, match="runs past binary_data_size"):
+        decode_request(bad_bytes + b"\x09\0\0\0ab", len(bad_bytes), bsig)
