@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controller.api import ApiContext, api_router
+from controller.api import ApiContext, api_router, context
 from controller.reconcile import Reconciler
 from controller.transitions import latest_per_model, model_name
 from controller.webhooks import WebhookNotifier
@@ -44,9 +44,8 @@ def _validation_message(exc: RequestValidationError) -> str:
 class _Metrics(Collector):
     """Rollout gauges read from the database at scrape time, so every replica exports the same figures."""
 
-    def __init__(self, session_factory: Callable[[], Session], reconciler: Reconciler | None,
-                 notifier: WebhookNotifier | None) -> None:
-        self.session_factory = session_factory
+    def __init__(self, app: FastAPI, reconciler: Reconciler | None, notifier: WebhookNotifier | None) -> None:
+        self.app = app
         self.reconciler = reconciler
         self.notifier = notifier
 
@@ -58,7 +57,7 @@ class _Metrics(Collector):
         decisions = CounterMetricFamily("modelroll_rollout_decisions", "Rollout events recorded, by kind",
                                         labels=["kind"])
         try:
-            with self.session_factory() as session:
+            with self.app.state.ctx.session_factory() as session:
                 for row in latest_per_model(session):
                     model = model_name(session, row)
                     for p in Phase:
@@ -96,7 +95,7 @@ def create_app(settings: Settings, channel: LiveChannel | None, session_factory:
                                notifier=notifier)
     app.include_router(api_router())
     registry = CollectorRegistry()
-    registry.register(_Metrics(session_factory, reconciler, notifier))
+    registry.register(_Metrics(app, reconciler, notifier))
 
     @app.exception_handler(ModelrollError)
     async def _modelroll_error(_: Request, exc: ModelrollError) -> JSONResponse:
@@ -118,17 +117,18 @@ def create_app(settings: Settings, channel: LiveChannel | None, session_factory:
         return {"ok": True}
 
     @app.get("/readyz", tags=["health"], summary="Readiness: the database and the live channel answer")
-    def readyz() -> JSONResponse:
+    def readyz(request: Request) -> JSONResponse:
+        ctx = context(request)
         checks: dict[str, dict[str, Any]] = {}
         try:
-            with session_factory() as session:
+            with ctx.session_factory() as session:
                 session.execute(text("SELECT 1"))
             checks["database"] = {"ok": True}
         except Exception as exc:  # reported, not raised: readiness says what is down
             checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        if channel is not None:
+        if ctx.channel is not None:
             try:
-                channel.get_splits()
+                ctx.channel.get_splits()
                 checks["live"] = {"ok": True}
             except ModelrollError as exc:
                 checks["live"] = {"ok": False, "error": exc.message[:300]}
