@@ -1,0 +1,226 @@
+"""CLI verbs of the controller: `controller` (API + reconciler), `rollout ...` (over the HTTP API), `tokens ...`.
+
+The rollout verbs mirror the API one for one and take `--json` for scripts; a change reads the rollout's
+version first and sends it as If-Match, so a concurrent change still answers 409.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelroll.errors import Conflict, Forbidden, InvalidInput, ModelrollError, NotFound, Unauthorized, Unavailable
+from modelroll.settings import Settings
+
+_ERRORS: dict[int, type[ModelrollError]] = {400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound,
+                                            409: Conflict, 428: Conflict, 503: Unavailable}
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Controller base URL; default from settings.")]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="Bearer token; default $MODELROLL_TOKEN.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer.")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why; recorded in the event and the audit.")]
+
+
+class Api:
+    """A thin httpx client for the ops API that turns error answers back into modelroll errors."""
+
+    def __init__(self, settings: Settings, url: str | None, token: str | None) -> None:
+        self.base = (url or f"http://{settings.controller_host}:{settings.controller_port}").rstrip("/")
+        token = token or os.environ.get("MODELROLL_TOKEN", "")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=self.base, headers=headers, timeout=30.0)
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = self.client.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach the controller at {self.base}: {exc}; "
+                              "start it with `modelroll controller` or pass --url") from None
+        if response.status_code >= 400:
+            try:
+                message = str(response.json().get("error") or response.text)
+            except ValueError:
+                message = response.text or f"HTTP {response.status_code}"
+            raise _ERRORS.get(response.status_code, Unavailable)(message)
+        return response
+
+    def command(self, rollout_id: int, verb: str, body: dict[str, Any]) -> dict[str, Any]:
+        etag = self.call("GET", f"/v1/rollouts/{rollout_id}").headers.get("etag", "")
+        answer: dict[str, Any] = self.call("POST", f"/v1/rollouts/{rollout_id}/{verb}", json=body,
+                                           headers={"If-Match": etag}).json()
+        return answer
+
+
+def parse_steps(text: str, min_duration_s: float | None, min_samples: int | None) -> list[dict[str, Any]]:
+    """"shadow,1,5,25,50,100" → the API's steps."""
+    steps: list[dict[str, Any]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part == "shadow":
+            step: dict[str, Any] = {"weight_pct": 0, "shadow": True}
+        else:
+            try:
+                step = {"weight_pct": float(part.rstrip("%"))}
+            except ValueError:
+                raise InvalidInput(f"--steps: {part!r} is not a percentage or 'shadow'; "
+                                   "e.g. --steps shadow,1,5,25,50,100") from None
+        if min_duration_s is not None:
+            step["min_duration_s"] = min_duration_s
+        if min_samples is not None:
+            step["min_samples"] = min_samples
+        steps.append(step)
+    return steps
+
+
+def _emit(data: Any, as_json: bool, console: Console, text: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        console.print(text)
+
+
+def _split(rollout: dict[str, Any]) -> str:
+    split = ", ".join(f"{v} {w:g} %" for v, w in rollout["weights"].items())
+    return split + (f" (shadow: {rollout['shadow']})" if rollout.get("shadow") else "")
+
+
+def _line(r: dict[str, Any]) -> str:
+    return (f"rollout {r['id']} of {r['model']} ({r['candidate']} vs {r['baseline']}): {r['phase']}, "
+            f"step {r['step_index'] + 1} of {r['steps_total']}, {_split(r)} [version {r['version']}]")
+
+
+def print_status(console: Console, rollout: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    console.print(f"[bold]{_line(rollout)}[/bold]")
+    if rollout.get("reason"):
+        console.print(f"  why: {rollout['reason']}")
+    verdict = rollout.get("verdict") or "not evaluated yet"
+    console.print(f"  verdict: {verdict}")
+    for result in rollout.get("results", []):
+        console.print(f"  - {result['criterion']}: {result['verdict']}: {result['message']}")
+    if events:
+        table = Table("seq", "time", "event", "actor", "reason", title="last events", title_justify="left")
+        for e in events[-5:]:
+            table.add_row(str(e["seq"]), e["ts"][:19], e["kind"], e["actor"], e["reason"])
+        console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    from modelroll.cli import settings_of
+
+    rollout = typer.Typer(help="Create, watch and steer rollouts (through the controller's API).",
+                          no_args_is_help=True)
+    tokens = typer.Typer(help="API bearer tokens (written directly to the database).", no_args_is_help=True)
+    app.add_typer(rollout, name="rollout")
+    app.add_typer(tokens, name="tokens")
+    console = Console(highlight=False, width=None if Console().is_terminal else 200)
+
+    @app.command("controller")
+    def controller(ctx: typer.Context,
+                   host: Annotated[str | None, typer.Option(help="Bind address; default from settings.")] = None,
+                   port: Annotated[int | None, typer.Option(help="Port; default from settings.")] = None,
+                   no_reconcile: Annotated[bool, typer.Option("--no-reconcile",
+                                                              help="API only: never lead.")] = False) -> None:
+        """Run the controller: the ops API and (unless --no-reconcile) the reconciler, one leader at a time."""
+        from controller.serve import serve
+
+        settings = settings_of(ctx)
+        serve(settings, host or settings.controller_host, settings.controller_port if port is None else port,
+              reconcile=not no_reconcile)
+
+    @rollout.command("create")
+    def create(ctx: typer.Context, model: Annotated[str, typer.Option(help="Model name.")],
+               baseline: Annotated[str, typer.Option(help="Baseline variant.")],
+               candidate: Annotated[str, typer.Option(help="Candidate variant.")],
+               steps: Annotated[str | None, typer.Option(help="e.g. shadow,1,5,25,50,100")] = None,
+               min_duration_s: Annotated[float | None, typer.Option(help="Every step's minimum duration.")] = None,
+               min_samples: Annotated[int | None, typer.Option(help="Every step's minimum samples.")] = None,
+               on_deadline: Annotated[str, typer.Option(help="hold or rollback")] = "hold",
+               criteria: Annotated[str | None, typer.Option(help='JSON, e.g. \'{"alpha": 0.01}\'')] = None,
+               url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+        """Create a rollout of CANDIDATE against BASELINE."""
+        body: dict[str, Any] = {"model": model, "baseline": baseline, "candidate": candidate,
+                                "on_deadline": on_deadline}
+        if steps is not None:
+            body["steps"] = parse_steps(steps, min_duration_s, min_samples)
+        if criteria is not None:
+            try:
+                body["criteria"] = json.loads(criteria)
+            except ValueError as exc:
+                raise InvalidInput(f"--criteria is not JSON: {exc}") from None
+        r = Api(settings_of(ctx), url, token).call("POST", "/v1/rollouts", json=body).json()
+        _emit(r, as_json, console, f"created {_line(r)}")
+
+    @rollout.command("list")
+    def list_(ctx: typer.Context, model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+              active: Annotated[bool, typer.Option("--active", help="Only unfinished rollouts.")] = False,
+              url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+        """List rollouts, newest first."""
+        params: dict[str, Any] = {"model": model} if model else {}
+        if active:
+            params["active"] = "true"
+        rows = Api(settings_of(ctx), url, token).call("GET", "/v1/rollouts", params=params).json()["rollouts"]
+        _emit(rows, as_json, console, "\n".join(_line(r) for r in rows) or "no rollouts")
+
+    @rollout.command("status")
+    def status(ctx: typer.Context, rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
+               url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+        """Phase, split, step n of m, each criterion's verdict and the last events."""
+        api = Api(settings_of(ctx), url, token)
+        r = api.call("GET", f"/v1/rollouts/{rollout_id}").json()
+        events = api.call("GET", f"/v1/rollouts/{rollout_id}/events").json()["events"]
+        if as_json:
+            _emit({**r, "events": events}, True, console, "")
+        else:
+            print_status(console, r, events)
+
+    def _verb(name: str, verb: str, doc: str) -> None:
+        def run(ctx: typer.Context, rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
+                reason: ReasonOpt = "", url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+            r = Api(settings_of(ctx), url, token).command(rollout_id, verb, {"reason": reason})
+            _emit(r, as_json, console, _line(r))
+        run.__doc__ = doc
+        rollout.command(name)(run)
+
+    _verb("pause", "pause", "Pause: hold the schedule at the current split.")
+    _verb("resume", "resume", "Resume the schedule at the current step.")
+    _verb("promote", "promote", "Promote now (admin; recorded as an override).")
+    _verb("abort", "abort", "Abort: all traffic back to the baseline.")
+
+    @rollout.command("set-weight")
+    def set_weight(ctx: typer.Context, rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
+                   weight_pct: Annotated[float, typer.Argument(help="Candidate share, 0-100.")],
+                   reason: ReasonOpt = "", url: UrlOpt = None, token: TokenOpt = None,
+                   as_json: JsonOpt = False) -> None:
+        """Set the candidate's weight; the schedule holds until `resume`."""
+        r = Api(settings_of(ctx), url, token).command(rollout_id, "weight",
+                                                      {"weight_pct": weight_pct, "reason": reason})
+        _emit(r, as_json, console, _line(r))
+
+    @tokens.command("create")
+    def tokens_create(ctx: typer.Context, role: Annotated[str, typer.Option(help="viewer, operator or admin")],
+                      name: Annotated[str, typer.Option(help="Who or what uses it, e.g. ci-deployer.")],
+                      as_json: JsonOpt = False) -> None:
+        """Create a token and print its secret once (only its sha256 is stored)."""
+        from controller.auth import create_token
+        from modelroll.cli import session_scope
+
+        with session_scope(settings_of(ctx)) as session:
+            secret = create_token(session, name, role)
+        _emit({"name": name, "role": role, "token": secret}, as_json, console, secret)
+
+    @tokens.command("revoke")
+    def tokens_revoke(ctx: typer.Context, name: Annotated[str, typer.Option(help="The token's name.")]) -> None:
+        """Revoke every token of that name."""
+        from controller.auth import revoke_token
+        from modelroll.cli import session_scope
+
+        with session_scope(settings_of(ctx)) as session:
+            count = revoke_token(session, name)
+        if not count:
+            raise NotFound(f"no active token named {name!r}")
+        console.print(f"revoked {count} token(s) named {name!r}")
