@@ -260,3 +260,7 @@ app.add_typer(models_app, name="models")
 from router.cli import register as _register_router  # noqa: E402
 
 _register_router(app)
+
+from controller.cli import register as _register_controller  # noqa: E402
+
+_register_controller(app)
