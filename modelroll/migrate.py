@@ -158,7 +158,8 @@ def ensure_schema(settings: Settings) -> None:
     """Bring the database to head; every service calls this at start.
 
     Safe to call from many processes at once: on PostgreSQL the migration holds an
-    advisory lock; the embedded SQLite has one process. Creates the home folder.
+    advisory lock; the embedded SQLite has one process. With SQLite it creates the home folder.
     """
-    settings.home.mkdir(parents=True, exist_ok=True)
+    if make_url(settings.effective_database_url).get_backend_name() == "sqlite":
+        settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings, "head")
