@@ -15,7 +15,7 @@ import redis
 from modelroll.errors import InvalidInput, Unavailable
 from modelroll.live import Job, LiveChannel, Sample, SplitConfig, open_channel
 from modelroll.live.memory import MemoryChannel
-from modelroll.live.redis_backend import RedisChannel
+from modelroll.live.redis_backend import RedisChannel, decode_sample
 from modelroll.live.redis_watch import RedisSplitWatcher
 from modelroll.settings import Settings
 
@@ -491,3 +491,12 @@ def test_an_unreadable_sample_is_dropped_and_counted_not_redelivered(redis_url: 
     finally:
         channel.close()
         raw.close()
+
+
+def test_fast_sample_decoding_equals_the_checked_path() -> None:
+    full = sample(3)
+    assert decode_sample(full.to_bytes()) == full == Sample.from_bytes(full.to_bytes())
+    older = b'{"kind":"request","model":"digits","variant":"int8","ts":1.0}'  # a writer without newer fields
+    assert decode_sample(older) == Sample("request", "digits", "int8", 1.0)
+    with pytest.raises(TypeError):
+        decode_sample(b'{"kind":"request","model":"digits","variant":"int8","ts":1.0,"nonsense":1}')
