@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -132,13 +133,20 @@ class RedisChannel(LiveChannel):
     def get_splits(self) -> dict[str, SplitConfig]:
         with self._guard("read the splits"):
             raw = self._client.hgetall(self._splits_key)
-        splits = (SplitConfig.from_bytes(value) for value in raw.values())
-        return {split.model: split for split in splits}
+        splits: dict[str, SplitConfig] = {}
+        for model, value in raw.items():
+            try:
+                split = SplitConfig.from_bytes(value)
+            except Exception:  # one bad entry must not hide the others from the status page
+                log.exception("split of %r in %s is unreadable; skipped", model, self._splits_key)
+                continue
+            splits[split.model] = split
+        return splits
 
     def watch_splits(self, callback: Callable[[SplitConfig], None]) -> Subscription:
         watcher = RedisSplitWatcher(
             lambda: self._new_client(health_check_interval=max(1, round(self._timeout_s * 2)),
-                                     client_name=self._prefix + "watch"),
+                                     client_name=re.sub(r"[^!-~]", "_", self._prefix) + "watch"),
             self._splits_key, self._changes_key, callback, where=self._where)
         self._watchers.append(watcher)
         return watcher

@@ -493,6 +493,22 @@ def test_an_unreadable_sample_is_dropped_and_counted_not_redelivered(redis_url: 
         raw.close()
 
 
+def test_an_unreadable_split_is_skipped_not_fatal(redis_url: str, redis_prefix: str) -> None:
+    channel = RedisChannel(redis_url, prefix=redis_prefix, timeout_s=2.0)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        good = channel.publish_split(SplitConfig("digits", {"baseline": 100.0}))
+        raw.hset(redis_prefix + "splits", "broken", b'{"model":"broken","weights":{}}')
+        assert channel.get_splits() == {"digits": good}
+        seen: list[SplitConfig] = []
+        subscription = channel.watch_splits(seen.append)
+        wait_for(lambda: seen == [good], what="the readable split")
+        subscription.close()
+    finally:
+        channel.close()
+        raw.close()
+
+
 def test_fast_sample_decoding_equals_the_checked_path() -> None:
     full = sample(3)
     assert decode_sample(full.to_bytes()) == full == Sample.from_bytes(full.to_bytes())
