@@ -1,0 +1,153 @@
+"""Two real `modelroll controller` processes on PostgreSQL + Redis: kill -9 the leader mid-work, the standby takes
+over within the lease, and the rollout finishes with every transition recorded exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from modelroll import migrate
+from modelroll.db import RolloutEventRow, SampleWindowRow, make_engine, make_session_factory
+from modelroll.live import open_channel
+from modelroll.settings import Settings
+from tests.integration.controller_world import good_samples, seed
+
+pytestmark = pytest.mark.timeout(180)
+
+LEASE_S = 2.0
+MODELROLL = str(Path(sys.executable).parent / "modelroll")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class Controller:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen([MODELROLL, "controller", "--port", str(self.port)], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def leading(self) -> bool:
+        r = httpx.get(f"{self.url}/readyz", timeout=2)
+        return bool(r.json()["checks"]["leader"]["leading"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture()
+def env(pg_url: str, redis_url: str, redis_prefix: str, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "MODELROLL_DATABASE_URL": pg_url, "MODELROLL_REDIS_URL": redis_url,
+            "MODELROLL_REDIS_PREFIX": redis_prefix, "MODELROLL_HOME": str(tmp_path / "home"),
+            "MODELROLL_LEADER_LEASE_S": str(LEASE_S), "MODELROLL_RECONCILE_INTERVAL_S": "0.2",
+            "MODELROLL_ALLOW_ANONYMOUS_VIEWER": "true", "MODELROLL_LOG_LEVEL": "INFO"}
+
+
+@pytest.fixture()
+def controllers(env: dict[str, str], tmp_path: Path) -> Iterator[list[Controller]]:
+    settings = Settings(database_url=env["MODELROLL_DATABASE_URL"])
+    migrate.upgrade(settings)
+    engine = make_engine(settings)
+    seed(make_session_factory(engine))
+    engine.dispose()
+    procs = [Controller(env, tmp_path / f"controller-{i}.log") for i in range(2)]
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+def phase(c: Controller, rollout_id: int) -> str:
+    return str(httpx.get(f"{c.url}/v1/rollouts/{rollout_id}", timeout=2).json()["phase"])
+
+
+def cli(env: dict[str, str], *args: str) -> Any:
+    out = subprocess.run([MODELROLL, *args, "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_leader_killed_standby_takes_over_with_no_lost_or_duplicated_transition(
+        controllers: list[Controller], env: dict[str, str]) -> None:
+    for c in controllers:
+        wait_for(f"controller on {c.port} to answer", lambda c=c: httpx.get(f"{c.url}/healthz", timeout=1).is_success)
+    leader = wait_for("one leader", lambda: [c for c in controllers if c.leading()])
+    assert len(leader) == 1
+    leader, standby = leader[0], next(c for c in controllers if c is not leader[0])
+    assert not standby.leading()
+
+    env = {**env, "MODELROLL_TOKEN": cli(env, "tokens", "create", "--role", "operator", "--name", "e2e")["token"]}
+    rollout = cli(env, "rollout", "create", "--model", "digits", "--baseline", "fp32", "--candidate", "int8",
+                  "--steps", "shadow,100", "--min-duration-s", "0", "--min-samples", "100", "--url", leader.url)
+    rid = rollout["id"]
+    wait_for("the rollout to start", lambda: phase(standby, rid) == "shadow")
+
+    settings = Settings(redis_url=env["MODELROLL_REDIS_URL"], redis_prefix=env["MODELROLL_REDIS_PREFIX"])
+    channel = open_channel(settings)
+    shadow = good_samples(rid, 0, 2000, time.time(), shadow=True)
+    channel.append_samples(shadow)
+    time.sleep(0.15)  # the leader is folding and deciding now
+    leader.proc.send_signal(signal.SIGKILL)
+    leader.proc.wait(5)
+    killed_at = time.monotonic()
+    wait_for("the standby to lead", standby.leading, timeout_s=LEASE_S * 3, every_s=0.02)
+    takeover_s = time.monotonic() - killed_at
+    assert takeover_s <= LEASE_S + 0.5, f"standby took {takeover_s:.2f} s to lead (lease {LEASE_S} s)"
+
+    wait_for("the advance to 100 %", lambda: phase(standby, rid) == "progressing")
+    full = good_samples(rid, 1, 150, time.time(), shadow=False, baseline=False, seed=1)
+    channel.append_samples(full)
+    wait_for("promotion", lambda: phase(standby, rid) == "promoted")
+    final = cli(env, "rollout", "status", str(rid), "--url", standby.url)
+    assert dict(channel.get_splits()["digits"].weights) == {"int8": 100.0}
+    channel.close()
+
+    kinds = [e["kind"] for e in final["events"]]
+    assert kinds == ["created", "started", "advanced", "promoted"], kinds
+    assert [e["seq"] for e in final["events"]] == [1, 2, 3, 4]
+    tokens = [e["fencing_token"] for e in final["events"][1:]]
+    assert tokens == sorted(tokens) and tokens[-1] > tokens[0]  # the later transitions came from the new leader
+
+    engine = make_engine(Settings(database_url=env["MODELROLL_DATABASE_URL"]))
+    with make_session_factory(engine)() as session:
+        requests = sum(session.scalars(select(SampleWindowRow.requests).where(SampleWindowRow.rollout_id == rid)))
+        assert session.scalar(select(RolloutEventRow.id).where(RolloutEventRow.kind == "promoted")) is not None
+    engine.dispose()
+    sent = sum(1 for s in shadow + full if s.kind == "request")
+    assert requests == sent  # every request counted once across the kill
