@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     job_visibility_timeout_s: float = Field(default=600.0, gt=0)
     job_max_attempts: int = Field(default=3, ge=1)
     eval_timeout_s: float = Field(default=600.0, gt=0)
+    eval_max_time_s: float = Field(default=10.0, gt=0, description="Timed runs per batch size stop after this.")
+    eval_min_runs: int = Field(default=60, ge=1, description="Timed runs per batch size at least.")
     worker_host: str = "127.0.0.1"
     worker_port: int = Field(default=8082, ge=0, le=65535, description="Prometheus /metrics of the worker; 0 = off.")
 
