@@ -247,23 +247,24 @@ def test_jobs_are_claimed_once_in_order_and_acked(channel: LiveChannel) -> None:
 
 
 def test_unacked_job_is_redelivered_after_the_visibility_timeout_then_dead_lettered(channel: LiveChannel) -> None:
+    visibility_s = 0.4
+
+    def claim(consumer: str) -> Job | None:
+        return channel.claim_job("optimize", consumer, visibility_timeout_s=visibility_s, max_attempts=2)
+
     job_id = channel.enqueue_job("optimize", b"crashes-the-worker")
-    first = channel.claim_job("optimize", "w1", visibility_timeout_s=0.2, max_attempts=2)
+    first = claim("w1")
     assert first is not None and first.attempts == 1
-    assert channel.claim_job("optimize", "w2", visibility_timeout_s=0.2, max_attempts=2) is None
-
-    def claim() -> object:
-        return channel.claim_job("optimize", "w2", visibility_timeout_s=0.2, max_attempts=2)
-
-    second = wait_for(claim, what="redelivery after the visibility timeout")
-    assert second == type(first)(job_id, "optimize", b"crashes-the-worker", 2)
+    assert claim("w2") is None  # still invisible while w1 may be working on it
+    second = wait_for(lambda: claim("w2"), what="redelivery after the visibility timeout")
+    assert second == Job(job_id, "optimize", b"crashes-the-worker", 2)
     assert channel.dead_letters("optimize") == []
-    deadline = time.monotonic() + 0.25
-    wait_for(lambda: time.monotonic() > deadline, what="the second claim to expire")
-    assert claim() is None  # the third delivery would exceed max_attempts=2
+    expired_at = time.monotonic() + visibility_s + 0.05
+    wait_for(lambda: time.monotonic() > expired_at, what="the second claim to expire")
+    assert claim("w3") is None  # a third delivery would exceed max_attempts=2
     dead = channel.dead_letters("optimize")
-    assert [(j.id, j.payload, j.attempts) for j in dead] == [(job_id, b"crashes-the-worker", 2)]
-    assert claim() is None
+    assert [(j.id, j.queue, j.payload, j.attempts) for j in dead] == [(job_id, "optimize", b"crashes-the-worker", 2)]
+    assert claim("w3") is None
 
 
 def test_claim_rejects_max_attempts_below_one(channel: LiveChannel) -> None:
