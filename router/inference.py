@@ -34,7 +34,12 @@ def _timed_run(runner: Runner, inputs: Tensors, timeout_s: float | None) -> Outc
         outputs, cpu_ms = runner.run(inputs, timeout_s)
     except Exception as exc:
         return None, (_perf() - start) * 1000.0, 0.0, exc
-    return outputs, (_perf() - start) * 1000.0, cpu_ms, None
+    elapsed_s = _perf() - start
+    if timeout_s is not None and elapsed_s > timeout_s:
+        # The event loop may see a late answer first (GIL hand-off); late is a timeout all the same.
+        late = RunnerTimeout(f"answered after {elapsed_s:.4f}s, past the {timeout_s}s deadline")
+        return None, elapsed_s * 1000.0, cpu_ms, late
+    return outputs, elapsed_s * 1000.0, cpu_ms, None
 
 
 class Inference:

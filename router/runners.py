@@ -81,12 +81,12 @@ def warmup_inputs(signature: Signature) -> Tensors:
 def ort_session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # model errors are reported by the router, not printed by onnxruntime
+    ort.set_default_logger_severity(4)  # model errors are reported by the router, not printed by onnxruntime
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

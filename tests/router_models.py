@@ -98,3 +98,20 @@ def build_all_types(path: Path) -> Path:
         outputs.append(helper.make_tensor_value_info(f"out_{low}", proto, shape))
         nodes.append(helper.make_node("Identity", [f"in_{low}"], [f"out_{low}"]))
     return _save(helper.make_graph(nodes, "all_types", inputs, outputs), path)
+
+
+def build_slow(path: Path, width: int = 2048, layers: int = 4) -> Path:
+    """Digits-shaped ([N, 64] -> [N, 10]) but deliberately slow: a few ms per row (deadline tests)."""
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.normal(size=(64, width)) / 8).astype(np.float32), "w_in"),
+             numpy_helper.from_array((rng.normal(size=(width, width)) / width).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.normal(size=(width, 10)) / width).astype(np.float32), "w_out")]
+    nodes = [helper.make_node("MatMul", ["input", "w_in"], ["h0"])]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("MatMul", [f"h{layers}", "w_out"], ["logits"]))
+    return _save(helper.make_graph(
+        nodes, "slow", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 10])], initializer=inits), path)
