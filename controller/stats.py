@@ -168,10 +168,13 @@ def _latency(criteria: Criteria, obs: Observations, alpha: float) -> list[Criter
     return results
 
 
-def _offline_ratio(base: ArmObservations, cand: ArmObservations) -> float | None:
-    if base.offline_memory_bytes and cand.offline_memory_bytes is not None:
-        return cand.offline_memory_bytes / base.offline_memory_bytes
-    return None
+def _offline_note(base: ArmObservations, cand: ArmObservations) -> str:
+    """The optimizer's offline figure, shown beside the live one; it never decides."""
+    if cand.offline_memory_bytes is None:
+        return ""
+    if base.offline_memory_bytes:
+        return f" (offline {cand.offline_memory_bytes / base.offline_memory_bytes:.2f}×)"
+    return f" (offline candidate {cand.offline_memory_bytes / 1e6:.0f} MB)"
 
 
 def _memory(criteria: Criteria, obs: Observations, alpha: float) -> CriterionResult:
@@ -189,8 +192,7 @@ def _memory(criteria: Criteria, obs: Observations, alpha: float) -> CriterionRes
     (c,) = quantile_intervals(cand, (0.5,), alpha / 4.0, MEMORY_MIN_READINGS)
     low, estimate, high = _ratio(b, c)
     verdict = _upper_limit_verdict(low, high, limit)
-    offline = _offline_ratio(obs.baseline, obs.candidate)
-    offline_note = f" (offline {offline:.2f}×)" if offline is not None else ""
+    offline_note = _offline_note(obs.baseline, obs.candidate)
     return CriterionResult(
         criterion="memory", verdict=verdict, estimate=_finite(estimate), ci_low=_finite(low), ci_high=_finite(high),
         threshold=limit, baseline_value=b.estimate, candidate_value=c.estimate,

@@ -215,6 +215,9 @@ def test_memory_needs_gauge_readings_and_shows_the_offline_figure() -> None:
     assert result.message == f"not enough memory readings yet: 4 of {MEMORY_MIN_READINGS} per arm"
     big = by_name(evaluate(Criteria(), healthy_pair(memory_ratio=0.6)))["memory"]
     assert big.verdict is Verdict.FAIL and "(offline 0.60×)" in big.message
+    candidate_only = Observations(arm(obs.baseline.latency_ms, memory=obs.baseline.memory_bytes), obs.candidate,
+                                  obs.paired)
+    assert "(offline candidate 300 MB)" in by_name(evaluate(Criteria(), candidate_only))["memory"].message
 
 
 def test_alpha_is_split_equally_over_the_five_criteria() -> None:
