@@ -100,8 +100,9 @@ class ModelTable:
         assert model is not None
         with self._load_lock:
             current = self.routes.get(model)
-            if (config is not None and current is not None and current.config is not None
-                    and config.version <= current.config.version):
+            # Equal means a re-delivery. Any other version applies, lower ones too: the channel's watcher already
+            # drops stale messages, and a Redis that lost its data numbers splits from 1 again.
+            if config is not None and current is not None and current.config == config:
                 return current
             specs = self._source.variants(model)
             default = baseline_of(specs)

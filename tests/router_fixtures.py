@@ -46,6 +46,11 @@ def router_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**base)
 
 
+def split_version(app: RouterApp, model: str) -> int:
+    config = app.table.routes[model].config
+    return config.version if config is not None else 0
+
+
 def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
