@@ -1,4 +1,4 @@
-"""`modelroll router` as real processes: tritonclient (JSON and binary), stickiness across processes, metrics of N workers."""
+"""`modelroll router` as real processes: tritonclient (JSON, binary), one key one variant across routers, N workers."""
 
 from __future__ import annotations
 
