@@ -264,3 +264,7 @@ _register_router(app)
 from controller.cli import register as _register_controller  # noqa: E402
 
 _register_controller(app)
+
+from optimizer.cli import register as _register_optimizer  # noqa: E402
+
+_register_optimizer(app)

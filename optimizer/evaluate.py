@@ -93,6 +93,9 @@ def _child_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
+    # glibc moves its mmap threshold after large frees, so the same model's peak RSS flips between two
+    # values run to run (28 vs 36 MiB seen); pinning it at glibc's own default makes the peak repeatable.
+    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     return env
 
 
@@ -210,20 +213,38 @@ def infer_task(has_labels: bool, output_rank: int, output_name: str) -> str:
     return "embedding" if output_rank == 3 or "embed" in output_name.lower() else "classification"
 
 
+def _spec(model_path: Path, eval_set: EvalSet, config: EvalConfig, tmp: Path, batch_sizes: tuple[int, ...]
+          ) -> dict[str, Any]:
+    return {
+        "model_path": str(model_path), "inputs_path": str(eval_set.path),
+        "outputs_path": str(tmp / "outputs.npy"), "result_path": str(tmp / "result.json"),
+        "batch_sizes": list(batch_sizes), "threads": config.threads,
+        "warmup_runs": config.warmup_runs, "min_runs": config.min_runs, "max_runs": config.max_runs,
+        "max_time_s": config.max_time_s, "check_every": config.check_every,
+        "p95_tolerance": config.p95_tolerance,
+    }
+
+
+def measure_quality(model_path: Path, eval_set: EvalSet, config: EvalConfig, *, reference: np.ndarray | None,
+                    stop: threading.Event | None = None) -> QualityFigures:
+    """Quality only (no timing), in a fresh process like every measurement; raises ValueError on failure."""
+    with tempfile.TemporaryDirectory(prefix="modelroll-quality-") as tmp:
+        raw = run_child(_spec(model_path, eval_set, config, Path(tmp), ()), config.timeout_s, config.threads, stop)
+        if not raw.get("ok"):
+            raise ValueError(f"quality of {model_path.name} could not be measured: {raw.get('error')}")
+        outputs = np.load(Path(tmp) / "outputs.npy")
+    task = eval_set.task or infer_task(eval_set.labels is not None, raw["output_rank"], raw["output_name"])
+    return score(outputs, labels=eval_set.labels, reference=reference if reference is not None else outputs,
+                 task=task)
+
+
 def evaluate(model_path: Path, eval_set: EvalSet, config: EvalConfig, *, workdir: Path | None = None,
              reference: np.ndarray | None = None, label: str = "", stop: threading.Event | None = None,
              ) -> Measurement:
     """Measure `model_path` in a fresh process and score it; `reference` = the baseline's outputs, if known."""
     with tempfile.TemporaryDirectory(prefix="modelroll-eval-", dir=workdir) as tmp:
         outputs_path = Path(tmp) / "outputs.npy"
-        spec = {
-            "model_path": str(model_path), "inputs_path": str(eval_set.path),
-            "outputs_path": str(outputs_path), "result_path": str(Path(tmp) / "result.json"),
-            "batch_sizes": list(config.batch_sizes), "threads": config.threads,
-            "warmup_runs": config.warmup_runs, "min_runs": config.min_runs, "max_runs": config.max_runs,
-            "max_time_s": config.max_time_s, "check_every": config.check_every,
-            "p95_tolerance": config.p95_tolerance,
-        }
+        spec = _spec(model_path, eval_set, config, Path(tmp), config.batch_sizes)
         raw = run_child(spec, config.timeout_s, config.threads, stop)
         if not raw.get("ok"):
             log.warning("evaluation failed variant=%s error=%s", label, raw.get("error"))

@@ -155,7 +155,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         memory.append({"batch_size": batch_size, "memory_bytes": peak - before["VmRSS"],
                        "memory_total_bytes": peak})
         del feeds
-    outputs = quality_outputs(session, inputs, output_name, max(batch_sizes))
+    outputs = quality_outputs(session, inputs, output_name, max(batch_sizes, default=32))
     if spec.get("outputs_path"):
         np.save(spec["outputs_path"], outputs)
     return {

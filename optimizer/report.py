@@ -207,7 +207,8 @@ def _accuracy_gate_text(gates: Mapping[str, Gate]) -> str:
 
 
 def recipe_text(recipe: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in recipe.items()) if recipe else "-"
+    shown = {k: v for k, v in recipe.items() if k not in ("artifact_sha256", "job_id")}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) if shown else "-"
 
 
 def _verdict(candidate: CandidateReport) -> str:

@@ -1,0 +1,280 @@
+"""Optimization jobs as the CLI and the ops API submit them: a request checked at the edge, a row, a queue entry.
+
+`submit_job` checks everything it can before writing (model, baseline, techniques, gates, eval data),
+commits the job row, then enqueues it; if the enqueue fails the row is removed again, so a failed
+submission leaves nothing behind. A row whose enqueue was cut short by a crash is re-enqueued by
+`requeue_orphans` (workers call it).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import orjson
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from modelroll.artifacts import ArtifactStore, check_sha256
+from modelroll.db import ArtifactRow, ModelRow, OptimizationJobRow, VariantRow
+from modelroll.errors import InvalidInput, ModelrollError, NotFound, Unavailable
+from modelroll.live.base import LiveChannel
+from modelroll.types import Criteria, check_name, criteria_from_dict, criteria_to_dict
+
+QUEUE = "optimize"
+# Technique name -> whether it needs the baseline's torch model (it works on weights before export).
+# Mirrors optimizer/recipes.py TECHNIQUES and ALIASES (the kernel cannot import a service); a unit test
+# keeps them equal. Parameters are checked by the worker with the full recipe grammar.
+KNOWN_TECHNIQUES: Mapping[str, bool] = {
+    "prune": True,
+    "drop-layers": True,
+    "distill": True,
+    "int8": False,
+    "int8-static": False,
+}
+TECHNIQUE_ALIASES: Mapping[str, str] = {
+    "int8-dynamic": "int8", "dynamic": "int8", "static": "int8-static", "drop": "drop-layers",
+}
+JOB_STATES = ("queued", "running", "retrying", "succeeded", "failed")
+TERMINAL_STATES = frozenset({"succeeded", "failed"})
+MAX_BATCH_SIZE = 1024
+MAX_RECIPES = 16
+
+
+def recipe_techniques(recipe: str) -> tuple[str, ...]:
+    """Canonical technique names of a recipe string ("prune:0.5,distill,int8" -> prune, distill, int8)."""
+    if not isinstance(recipe, str) or not recipe.strip() or len(recipe) > 500:
+        raise InvalidInput(f"a technique recipe must be a non-empty string such as 'int8' or 'prune:0.5,distill,int8', "
+                           f"got {recipe!r}")
+    names = []
+    for step in recipe.split(","):
+        name = step.split(":", 1)[0].strip().lower()
+        name = TECHNIQUE_ALIASES.get(name, name)
+        if name not in KNOWN_TECHNIQUES:
+            accepted = sorted([*KNOWN_TECHNIQUES, *TECHNIQUE_ALIASES])
+            raise InvalidInput(f"unknown technique {name!r} in {recipe!r}: accepted {accepted}")
+        names.append(name)
+    return tuple(names)
+
+
+def _check_int_list(name: str, values: Any, low: int, high: int) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise InvalidInput(f"{name} must be a non-empty list of integers in [{low}, {high}], got {values!r}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidInput(f"{name} must hold integers in [{low}, {high}], got {value!r}")
+    if len(set(values)) != len(values):
+        raise InvalidInput(f"{name} has duplicates: {list(values)}")
+    return tuple(sorted(values))
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationRequest:
+    """What to build from which baseline, how to judge it (gates) and on which eval data.
+
+    Each entry of `techniques` is a recipe (one candidate): "int8", "int8-static:entropy",
+    "prune:0.5,distill,int8". `eval_sha256` is filled in by `submit_job` once the eval data is stored.
+    """
+
+    model: str
+    techniques: tuple[str, ...] = ("int8",)
+    criteria: Criteria = field(default_factory=Criteria)
+    eval_data: str | None = None  # .npz path; None: the baseline's own eval set (built-in models)
+    baseline: str | None = None  # variant name; None: the model's newest baseline
+    batch_sizes: tuple[int, ...] = (1, 32)
+    threads: int = 1
+    eval_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name("model", self.model)
+        if self.baseline is not None:
+            check_name("baseline", self.baseline)
+        if isinstance(self.techniques, (str, bytes)) or not isinstance(self.techniques, Sequence) \
+                or not self.techniques or len(self.techniques) > MAX_RECIPES:
+            raise InvalidInput(f"techniques must be a list of 1 to {MAX_RECIPES} recipes such as ['int8', "
+                               f"'prune:0.5,distill,int8']; techniques: {sorted(KNOWN_TECHNIQUES)}")
+        for recipe in self.techniques:
+            recipe_techniques(recipe)
+        if len(set(self.techniques)) != len(self.techniques):
+            raise InvalidInput(f"techniques has duplicates: {list(self.techniques)}")
+        object.__setattr__(self, "techniques", tuple(t.strip() for t in self.techniques))
+        object.__setattr__(self, "batch_sizes", _check_int_list("batch_sizes", self.batch_sizes, 1, MAX_BATCH_SIZE))
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= 64:
+            raise InvalidInput(f"threads must be an integer in [1, 64], got {self.threads!r}")
+        if self.eval_data is not None and (not isinstance(self.eval_data, str) or not self.eval_data.endswith(".npz")):
+            raise InvalidInput(f"eval_data must be the path of an .npz file, got {self.eval_data!r}")
+        if self.eval_sha256 is not None:
+            check_sha256(self.eval_sha256)
+
+    @property
+    def needs_torch(self) -> tuple[str, ...]:
+        """The recipes that need the baseline's torch model."""
+        return tuple(r for r in self.techniques if any(KNOWN_TECHNIQUES[t] for t in recipe_techniques(r)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "techniques": list(self.techniques), "criteria": criteria_to_dict(self.criteria),
+            "eval_data": self.eval_data, "baseline": self.baseline, "batch_sizes": list(self.batch_sizes),
+            "threads": self.threads, "eval_sha256": self.eval_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> OptimizationRequest:
+        if not isinstance(data, Mapping):
+            raise InvalidInput(f"an optimization request must be an object, got {type(data).__name__}")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInput(f"unknown optimization field(s) {sorted(unknown)}; accepted: {sorted(known)}")
+        if "model" not in data:
+            raise InvalidInput("an optimization request needs 'model'")
+        values = dict(data)
+        values["criteria"] = criteria_from_dict(values.get("criteria") or {})
+        for name in ("techniques", "batch_sizes"):
+            if name in values:
+                raw = values[name]
+                if isinstance(raw, (str, bytes)) or not isinstance(raw, Sequence):
+                    raise InvalidInput(f"{name} must be a list, got {type(raw).__name__}")
+                values[name] = tuple(raw)
+        return cls(**values)
+
+
+def _onnx_inputs(path: Path) -> list[tuple[str, int, list[int | None]]]:
+    """(name, element type, dims with None for symbolic) of each graph input that is not an initializer."""
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    found = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        found.append((value.name, tensor.elem_type, dims))
+    return found
+
+
+def check_eval_data(eval_path: Path, model_path: Path) -> int:
+    """Check an .npz against the model's inputs (names, ranks, fixed dims, dtypes, row counts); returns rows."""
+    if not eval_path.is_file():
+        raise InvalidInput(f"eval data {str(eval_path)!r} does not exist: give an .npz file with one array per "
+                           "model input and an optional 'labels' array")
+    try:
+        with np.load(eval_path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InvalidInput(f"eval data {eval_path.name!r} is not a readable .npz file ({exc})") from None
+    inputs = _onnx_inputs(model_path)
+    accepted = ", ".join(f"{name} {['?' if d is None else d for d in dims]}" for name, _, dims in inputs)
+    rows: set[int] = set()
+    for name, elem_type, dims in inputs:
+        if name not in arrays:
+            raise InvalidInput(f"eval data has no array {name!r}: the model's inputs are {accepted}; "
+                               f"the file has {sorted(arrays)}")
+        array = arrays[name]
+        expected = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        if array.ndim != len(dims) or any(d is not None and i > 0 and d != s
+                                          for i, (d, s) in enumerate(zip(dims, array.shape, strict=False))):
+            raise InvalidInput(f"eval data {name!r} has shape {list(array.shape)}; the model expects "
+                               f"{['?' if d is None else d for d in dims]} (? = any)")
+        if array.dtype != expected:
+            raise InvalidInput(f"eval data {name!r} has dtype {array.dtype}; the model expects {expected}")
+        rows.add(int(array.shape[0]) if array.ndim else 0)
+    if "labels" in arrays:
+        rows.add(int(arrays["labels"].shape[0]) if arrays["labels"].ndim else 0)
+    if len(rows) != 1 or 0 in rows:
+        raise InvalidInput(f"eval data arrays (and labels) must have the same, non-zero number of rows; got {rows}")
+    return rows.pop()
+
+
+def resolve_baseline(session: Session, model: str, baseline: str | None) -> tuple[ModelRow, VariantRow]:
+    model_row = session.scalar(select(ModelRow).where(ModelRow.name == model))
+    if model_row is None:
+        raise NotFound(f"model {model!r} is not registered: register its ONNX file first "
+                       f"(`modelroll optimize path/to/{model}.onnx`)")
+    query = select(VariantRow).where(VariantRow.model_id == model_row.id)
+    if baseline is None:
+        query = query.where(VariantRow.role == "baseline").order_by(VariantRow.id.desc())
+    else:
+        query = query.where(VariantRow.name == baseline)
+    variant = session.scalars(query.limit(1)).first()
+    if variant is None:
+        raise NotFound(f"model {model!r} has no {'baseline variant' if baseline is None else repr(baseline)}")
+    return model_row, variant
+
+
+def validate(session: Session, request: OptimizationRequest, artifacts_root: Path
+             ) -> tuple[ModelRow, VariantRow, ArtifactRow]:
+    """Everything a worker would otherwise find out too late; raises InvalidInput/NotFound, writes nothing."""
+    model_row, variant = resolve_baseline(session, request.model, request.baseline)
+    if request.needs_torch and variant.source_artifact_id is None:
+        onnx_only = sorted(t for t, needs in KNOWN_TECHNIQUES.items() if not needs)
+        raise InvalidInput(f"recipe(s) {list(request.needs_torch)} need the torch model of baseline {variant.name!r} "
+                           f"of {request.model!r}, which was registered as an ONNX file only: use {onnx_only}")
+    artifact = session.get(ArtifactRow, variant.artifact_id)
+    if artifact is None or artifact.format != "onnx":
+        raise InvalidInput(f"baseline {variant.name!r} is not an ONNX artifact: optimization needs an .onnx baseline")
+    model_path = artifacts_root / artifact.path
+    if request.eval_data is not None:
+        check_eval_data(Path(request.eval_data), model_path)
+    elif request.eval_sha256 is not None:
+        store = ArtifactStore(artifacts_root)
+        if not store.exists(request.eval_sha256):
+            raise NotFound(f"eval data {request.eval_sha256[:12]}… is not in the artifact store: give eval_data")
+        check_eval_data(store.path_of(request.eval_sha256), model_path)
+    elif request.eval_sha256 is None and not (variant.recipe or {}).get("eval_sha256"):
+        raise InvalidInput(f"model {request.model!r} has no eval set of its own: give eval_data, an .npz file with "
+                           "one array per model input (and optional 'labels')")
+    return model_row, variant, artifact
+
+
+def submit_job(session: Session, channel: LiveChannel, request: OptimizationRequest,
+               artifacts_root: Path) -> OptimizationJobRow:
+    """Validate, store the eval data, commit the job row, then enqueue it (the row is deleted if that fails)."""
+    model_row, variant, _ = validate(session, request, artifacts_root)
+    if request.eval_data is not None:
+        stored = ArtifactStore(artifacts_root).put_file(Path(request.eval_data), "npz")
+        request = replace(request, eval_sha256=stored.sha256)
+    elif request.eval_sha256 is None:
+        request = replace(request, eval_sha256=str(variant.recipe["eval_sha256"]))
+    job = OptimizationJobRow(model_id=model_row.id, baseline_variant_id=variant.id, request=request.to_dict(),
+                             status="queued", message="queued")
+    session.add(job)
+    session.commit()
+    try:
+        queue_id = channel.enqueue_job(QUEUE, orjson.dumps({"job_id": job.id}))
+    except Exception as exc:
+        session.execute(delete(OptimizationJobRow).where(OptimizationJobRow.id == job.id))
+        session.commit()
+        if isinstance(exc, ModelrollError):
+            raise
+        raise Unavailable(f"could not queue optimization job: {exc}") from exc
+    job.queue_job_id = queue_id
+    session.commit()
+    return job
+
+
+def requeue_orphans(session: Session, channel: LiveChannel, *, older_than_s: float = 60.0,
+                    now: datetime | None = None) -> list[int]:
+    """Enqueue rows committed by a submitter that died before enqueuing; returns their ids."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=older_than_s)
+    ids = session.scalars(select(OptimizationJobRow.id).where(
+        OptimizationJobRow.status == "queued", OptimizationJobRow.queue_job_id == "",
+        OptimizationJobRow.created_at < cutoff)).all()
+    done = []
+    for job_id in ids:
+        claimed = session.execute(update(OptimizationJobRow).where(
+            OptimizationJobRow.id == job_id, OptimizationJobRow.queue_job_id == "").values(queue_job_id="requeued"))
+        session.commit()
+        if claimed.rowcount:  # type: ignore[attr-defined]
+            queue_id = channel.enqueue_job(QUEUE, orjson.dumps({"job_id": job_id}))
+            session.execute(update(OptimizationJobRow).where(OptimizationJobRow.id == job_id)
+                            .values(queue_job_id=queue_id))
+            session.commit()
+            done.append(job_id)
+    return done

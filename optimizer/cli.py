@@ -1,0 +1,265 @@
+"""`modelroll optimize MODEL`, `modelroll optimize report JOB` and `modelroll worker`.
+
+In embedded mode (no MODELROLL_REDIS_URL) `optimize` runs the worker in this process; otherwise it
+enqueues the job for the `modelroll worker` processes and follows its progress in the database.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from modelroll.errors import InvalidInput
+from modelroll.types import Criteria, criteria_from_dict
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from modelroll.settings import Settings
+    from optimizer.report import JobReport
+
+GATE_ALIASES = {"latency": "latency_reduction_min", "memory": "memory_reduction_min",
+                "accuracy": "accuracy_drop_max"}
+ONNX_ONLY_RECIPES = ("int8", "int8-static")
+TORCH_RECIPES = ("int8", "int8-static", "prune:0.5,int8")
+POLL_S = 0.5
+
+
+class OptimizeGroup(TyperGroup):
+    """`optimize MODEL ...` runs the `run` verb; `optimize report JOB` and `optimize list` are verbs."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def parse_gates(text: str) -> Criteria:
+    """'latency=0.5,memory=0.6,accuracy=0.02' (or the Criteria field names) into checked Criteria."""
+    values: dict[str, float] = {}
+    accepted = sorted([*GATE_ALIASES, *Criteria.__dataclass_fields__])
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, raw = part.partition("=")
+        key = GATE_ALIASES.get(name.strip(), name.strip())
+        if not sep or key not in Criteria.__dataclass_fields__:
+            raise InvalidInput(f"--gates: cannot read {part!r}; write name=value with a name in {accepted}")
+        try:
+            number = float(raw)
+        except ValueError:
+            raise InvalidInput(f"--gates: {name}={raw!r} is not a number") from None
+        values[key] = int(number) if key == "min_samples" and number.is_integer() else number
+    return criteria_from_dict(values)
+
+
+def _parse_batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise InvalidInput(f"--batch-sizes must be integers separated by commas, like 1,32; got {text!r}") from None
+
+
+def _sessions(settings: Settings) -> sessionmaker[Session]:
+    from modelroll import migrate
+    from modelroll.db import make_engine, make_session_factory
+
+    migrate.ensure_schema(settings)
+    return make_session_factory(make_engine(settings))
+
+
+def _ensure_model(session: Session, settings: Settings, model: str, name: str | None) -> tuple[str, bool]:
+    """The registered model MODEL names (registering an .onnx path or a built-in first); (name, has torch)."""
+    from sqlalchemy import select
+
+    from modelroll import catalog
+    from modelroll.artifacts import ArtifactStore
+    from modelroll.db import ModelRow
+    from modelroll.jobs import resolve_baseline
+
+    store = ArtifactStore.from_settings(settings)
+    path = Path(model)
+    if model.endswith(".onnx") or path.is_file():
+        model_name = name or path.stem.lower().replace(" ", "-")
+        if session.scalar(select(ModelRow).where(ModelRow.name == model_name)) is None:
+            catalog.register_model(session, store, path, model_name, description=f"registered from {path.name}")
+        elif catalog.get_variant(session, model_name, catalog.BASELINE_VARIANT).sha256 != \
+                store.put_file(path, "onnx").sha256:
+            raise InvalidInput(f"model {model_name!r} is already registered with a different ONNX file: "
+                               "pass --name NEW_NAME, or optimize it by name")
+    else:
+        model_name = model
+        if session.scalar(select(ModelRow).where(ModelRow.name == model_name)) is None:
+            from optimizer.baselines import BUILTINS, register_builtin
+
+            if model_name not in BUILTINS:
+                raise InvalidInput(f"{model!r} is neither an .onnx file, a registered model nor a built-in model "
+                                   f"({', '.join(BUILTINS)})")
+            typer.echo(f"building the built-in model {model_name!r} (once; cached)...", err=True)
+            register_builtin(session, store, model_name, settings.home / "cache")
+    _, baseline = resolve_baseline(session, model_name, None)
+    return model_name, baseline.source_artifact_id is not None
+
+
+def _wait(sessions: sessionmaker[Session], job_id: int) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from modelroll.db import OptimizationJobRow
+    from modelroll.jobs import TERMINAL_STATES
+
+    with Progress(TextColumn("job {task.fields[job]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), TextColumn("{task.description}"), transient=True) as progress:
+        task = progress.add_task("queued", total=100, job=job_id)
+        while True:
+            with sessions() as session:
+                row = session.get(OptimizationJobRow, job_id)
+                assert row is not None
+                status, fraction, message = row.status, row.progress, row.message
+            progress.update(task, completed=fraction * 100, description=message)
+            if status in TERMINAL_STATES:
+                return
+            time.sleep(POLL_S)
+
+
+def _print(report: JobReport, as_json: bool, markdown: bool) -> None:
+    from rich.console import Console
+
+    from optimizer.report import to_markdown, to_rich
+
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    if markdown:
+        typer.echo(to_markdown(report))
+        return
+    console = Console()
+    console = console if console.is_terminal else Console(width=160)
+    for table in to_rich(report):
+        console.print(table)
+    tail = f"job {report.job_id}: {report.status}" + (f" — {report.error}" if report.error else "")
+    passed = [c.variant or c.name for c in report.candidates if c.passed]
+    console.print(tail + (f"; passing every gate: {', '.join(passed)}" if passed else "; no candidate passes"))
+
+
+def _run_embedded(settings: Settings, channel: Any, sessions: sessionmaker[Session], job_id: int) -> None:
+    """Embedded mode: this process is the worker; stop it once the job is done."""
+    from modelroll.db import OptimizationJobRow
+    from modelroll.jobs import TERMINAL_STATES
+    from optimizer.worker import run_worker
+
+    stop = threading.Event()
+
+    def done() -> None:
+        with sessions() as session:
+            row = session.get(OptimizationJobRow, job_id)
+            if row is None or row.status in TERMINAL_STATES:
+                stop.set()
+
+    thread = threading.Thread(target=run_worker, args=(settings, channel, stop),
+                              kwargs={"serve_metrics": False, "on_idle": done}, daemon=True, name="worker")
+    thread.start()
+    try:
+        _wait(sessions, job_id)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def register(app: typer.Typer) -> None:
+    optimize = typer.Typer(cls=OptimizeGroup, no_args_is_help=True, help=(
+        "Build INT8/pruned candidates of a model, measure them, print the report. "
+        "`modelroll optimize MODEL [OPTIONS]` is `optimize run` (see `modelroll optimize run --help`)."))
+
+    @optimize.command("run")
+    def optimize_run(
+        ctx: typer.Context,
+        model: Annotated[str, typer.Argument(help="An .onnx file, a registered model, or digits / minilm-l6.")],
+        techniques: Annotated[list[str] | None, typer.Option(
+            "--techniques", "-t", help="A recipe per candidate (repeat): int8, int8-static:entropy, "
+                                       "prune:0.5,int8, drop-layers,distill,int8.")] = None,
+        eval_data: Annotated[Path | None, typer.Option(
+            help=".npz with one array per model input and optional 'labels' (built-ins bring their own).")] = None,
+        gates: Annotated[str, typer.Option(help="e.g. latency=0.5,memory=0.6,accuracy=0.02 (fractions).")] = "",
+        baseline: Annotated[str | None, typer.Option(help="Baseline variant (default: the model's).")] = None,
+        name: Annotated[str | None, typer.Option(help="Model name when MODEL is a file (default: its stem).")] = None,
+        batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time, e.g. 1,32.")] = "1,32",
+        threads: Annotated[int, typer.Option(help="onnxruntime threads during measurement.")] = 1,
+        no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the job id and return.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+        markdown: Annotated[bool, typer.Option("--markdown", help="Print the report as Markdown.")] = False,
+    ) -> None:
+        """Queue an optimization job for MODEL, follow it, and print its report."""
+        from modelroll.cli import EXIT_FAILED, settings_of
+        from modelroll.jobs import OptimizationRequest, submit_job
+        from modelroll.live import open_channel
+        from optimizer.jobs import load_report
+
+        settings = settings_of(ctx)
+        if no_wait and settings.embedded:
+            raise InvalidInput("--no-wait needs a shared queue (MODELROLL_REDIS_URL) and `modelroll worker`; "
+                               "in embedded mode the job runs in this process")
+        criteria = parse_gates(gates) if gates else Criteria()
+        sizes = _parse_batch_sizes(batch_sizes)
+        sessions = _sessions(settings)
+        channel = open_channel(settings)
+        with sessions() as session:
+            model_name, has_torch = _ensure_model(session, settings, model, name)
+            recipes = tuple(techniques or (TORCH_RECIPES if has_torch else ONNX_ONLY_RECIPES))
+            request = OptimizationRequest(
+                model=model_name, techniques=recipes, criteria=criteria, baseline=baseline,
+                eval_data=str(eval_data.resolve()) if eval_data is not None else None,
+                batch_sizes=sizes, threads=threads)
+            job_id = submit_job(session, channel, request, settings.effective_artifacts_dir).id
+        typer.echo(f"queued optimization job {job_id} for model {model_name!r}: {', '.join(recipes)}", err=True)
+        if no_wait:
+            typer.echo(str(job_id))
+            return
+        if settings.embedded:
+            _run_embedded(settings, channel, sessions, job_id)
+        else:
+            _wait(sessions, job_id)
+        with sessions() as session:
+            report = load_report(session, job_id)
+        _print(report, as_json, markdown)
+        if report.status != "succeeded":
+            raise typer.Exit(EXIT_FAILED)
+
+    @optimize.command("report")
+    def optimize_report(
+        ctx: typer.Context,
+        job: Annotated[int, typer.Argument(help="The job id.")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        markdown: Annotated[bool, typer.Option("--markdown", help="Print Markdown.")] = False,
+    ) -> None:
+        """Print a job's report: metric, original, optimized, improvement and each gate, per candidate."""
+        from modelroll.cli import settings_of
+        from optimizer.jobs import load_report
+
+        with _sessions(settings_of(ctx))() as session:
+            report = load_report(session, job)
+        _print(report, as_json, markdown)
+
+    app.add_typer(optimize, name="optimize")
+
+    @app.command("worker")
+    def worker_command(ctx: typer.Context) -> None:
+        """Run an optimizer worker: take jobs from the queue until SIGTERM (metrics on MODELROLL_WORKER_PORT)."""
+        from modelroll import migrate
+        from modelroll.cli import settings_of
+        from modelroll.live import open_channel
+        from optimizer.worker import run_worker
+
+        settings = settings_of(ctx)
+        if settings.embedded:
+            raise InvalidInput("`modelroll worker` needs MODELROLL_REDIS_URL (a queue shared with the submitters); "
+                               "in embedded mode `modelroll optimize` and `modelroll up` run the worker in-process")
+        migrate.ensure_schema(settings)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        run_worker(settings, open_channel(settings), stop)
