@@ -154,8 +154,11 @@ def test_schema_refuses_bad_values_and_names_the_field(helm: Path, tmp_path: Pat
     (["--set", "redis.enabled=false"], "externalRedis.url="),
     (["--set", "router.autoscaling.minReplicas=5", "--set", "router.autoscaling.maxReplicas=3"],
      "must not exceed router.autoscaling.maxReplicas"),
+    (["--set", "controller.replicas=1"], "controller.pdb.minAvailable (1) leaves no controller pod to evict"),
+    (["--set", "router.autoscaling.enabled=false", "--set", "router.replicas=1"],
+     "router.pdb.minAvailable (1) leaves no router pod to evict"),
 ])
-def test_missing_backends_fail_with_the_values_to_set(helm: Path, flags: list[str], message: str) -> None:
+def test_unworkable_values_fail_with_the_values_to_set(helm: Path, flags: list[str], message: str) -> None:
     result = helm_tools.run_helm(helm, "template", "mr", str(CHART), *flags)
     assert result.returncode != 0
     assert message in result.stderr

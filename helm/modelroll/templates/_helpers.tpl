@@ -98,6 +98,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.router.autoscaling.enabled (gt (int .Values.router.autoscaling.minReplicas) (int .Values.router.autoscaling.maxReplicas)) -}}
 {{- fail (printf "router.autoscaling.minReplicas (%v) must not exceed router.autoscaling.maxReplicas (%v)" .Values.router.autoscaling.minReplicas .Values.router.autoscaling.maxReplicas) -}}
 {{- end -}}
+{{- $routers := .Values.router.autoscaling.enabled | ternary .Values.router.autoscaling.minReplicas .Values.router.replicas -}}
+{{- range $name, $replicas := dict "router" $routers "controller" .Values.controller.replicas -}}
+{{- $pdb := (index $.Values $name).pdb -}}
+{{- if and $pdb.enabled (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) (int $replicas)) -}}
+{{- fail (printf "%s.pdb.minAvailable (%v) leaves no %s pod to evict with %v replicas: node drains would wait forever; lower it or set %s.pdb.enabled=false" $name $pdb.minAvailable $name $replicas $name) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
