@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from controller.app import create_app
 from controller.auth import create_token
 from controller.reconcile import Reconciler
+from modelroll import migrate
 from modelroll.db import ArtifactRow, Base, ModelRow, VariantRow, make_engine, make_session_factory
 from modelroll.live import open_channel
 from modelroll.live.base import LiveChannel, Sample
@@ -72,7 +74,10 @@ def make_world(pg_url: str, redis_url: str, redis_prefix: str, **overrides: Any)
     settings = Settings(database_url=pg_url, redis_url=redis_url, redis_prefix=redis_prefix,
                         allow_anonymous_viewer=False, admin_token="", **overrides)
     engine = make_engine(settings)
+    # The models' schema, stamped at head so `ensure_schema` (CLI verbs) leaves it be; the migrations'
+    # own tests prove that upgrade head builds the same schema.
     Base.metadata.create_all(engine)
+    command.stamp(migrate.alembic_config(settings), "head")
     factory = make_session_factory(engine)
     seed(factory)
     channel = open_channel(settings)
@@ -118,3 +123,19 @@ def good_samples(rollout_id: int, step: int, n: int, ts: float, *, shadow: bool,
                 out.append(Sample(kind="memory", model="digits", variant=variant, ts=t, rollout_id=rollout_id,
                                   step=step, memory_bytes=int(rng.normal(mem, mem * 0.01))))
     return out
+
+
+def own_database(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database for a whole module (pg_url is per test); dropped after."""
+    import uuid
+
+    import psycopg
+
+    name = f"modelroll_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

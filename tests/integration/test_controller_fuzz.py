@@ -13,14 +13,26 @@ from sqlalchemy.orm import sessionmaker
 from controller.api import ApiContext
 from controller.app import create_app
 from modelroll.settings import Settings
-from tests.integration.controller_world import World, make_world
+from tests.integration.controller_world import World, make_world, own_database
 
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture()
-def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
-    yield from make_world(pg_url, redis_url, redis_prefix)
+@pytest.fixture(scope="module")
+def world(pg_admin_url: str, redis_url: str) -> Iterator[World]:
+    """One world for every operation: the fuzzing only needs the app to have something to find."""
+    import uuid
+
+    import redis
+
+    prefix = f"modelroll-test:{uuid.uuid4().hex[:12]}:"
+    for url in own_database(pg_admin_url):
+        yield from make_world(url, redis_url, prefix)
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 # The schema is read at collection; each test then points the app at its own fresh database and channel.
@@ -28,7 +40,7 @@ APP = create_app(Settings(), None, sessionmaker())
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def token(world: World) -> Iterator[str]:
     with world.client() as client:  # one rollout exists, so id 1 and its events are reachable
         r = client.post("/v1/rollouts", headers=world.auth("admin"),

@@ -1,0 +1,107 @@
+"""The rollout and tokens verbs against a real controller API (uvicorn on loopback), PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from controller.app import create_app
+from modelroll.cli import app as cli_app
+from tests.integration.controller_world import World, good_samples, make_world
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture()
+def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
+    yield from make_world(pg_url, redis_url, redis_prefix)
+
+
+@pytest.fixture()
+def url(world: World) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(world.settings, world.channel, world.session_factory),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def run(world: World, url: str, *args: str, role: str = "operator") -> Any:
+    env = {"MODELROLL_DATABASE_URL": world.settings.database_url, "MODELROLL_REDIS_URL": world.settings.redis_url,
+           "MODELROLL_TOKEN": world.tokens[role]}
+    return CliRunner().invoke(cli_app, [*args, "--url", url] if args[0] == "rollout" else list(args), env=env)
+
+
+def test_rollout_verbs_mirror_the_api(world: World, url: str) -> None:
+    r = run(world, url, "rollout", "create", "--model", "digits", "--baseline", "fp32", "--candidate", "int8",
+            "--steps", "shadow,100", "--min-duration-s", "0", "--min-samples", "100")
+    assert r.exit_code == 0, r.output
+    assert "created rollout 1 of digits (int8 vs fp32): pending, step 1 of 2" in r.output
+    rec = world.reconciler()
+    rec.elector.poll()
+    rec.tick()
+    world.channel.append_samples(good_samples(1, 0, 300, 1_000_000.0, shadow=True))
+    rec.tick()
+    r = run(world, url, "rollout", "status", "1")
+    assert r.exit_code == 0, r.output
+    assert "shadow, step 1 of 2, fp32 100 %, int8 0 % (shadow: int8)" in r.output
+    assert "- latency_p50: pass: candidate p50 is" in r.output and "- errors: undecided" in r.output
+    assert "last events" in r.output and "started" in r.output
+    r = run(world, url, "rollout", "set-weight", "1", "30", "--reason", "more")
+    assert r.exit_code == 0 and "paused" in r.output and "int8 30 %" in r.output, r.output
+    r = run(world, url, "rollout", "resume", "1")
+    assert r.exit_code == 0 and "shadow" in r.output, r.output
+    r = run(world, url, "rollout", "pause", "1", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["phase"] == "paused", r.output
+    r = run(world, url, "rollout", "promote", "1")
+    assert r.exit_code == 1 and "needs the admin role" in r.output
+    r = run(world, url, "rollout", "promote", "1", role="admin")
+    assert r.exit_code == 0 and "promoted" in r.output, r.output
+    r = run(world, url, "rollout", "abort", "1")
+    assert r.exit_code == 1 and "cannot abort rollout 1: it is promoted" in r.output
+    r = run(world, url, "rollout", "list", "--json")
+    assert [x["phase"] for x in json.loads(r.output)] == ["promoted"]
+
+
+def test_bad_usage_and_errors_have_exit_codes(world: World, url: str) -> None:
+    r = run(world, url, "rollout", "create", "--model", "digits", "--baseline", "fp32", "--candidate", "int8",
+            "--steps", "shadow,lots")
+    assert r.exit_code == 2 and "'lots' is not a percentage" in r.output
+    r = run(world, url, "rollout", "create", "--model", "digits", "--baseline", "fp32", "--candidate", "int9")
+    assert r.exit_code == 1 and "'int9' is not a variant" in r.output
+    r = run(world, url, "rollout", "status", "42")
+    assert r.exit_code == 1 and "rollout 42 does not exist" in r.output
+    r = CliRunner().invoke(cli_app, ["rollout", "list", "--url", "http://127.0.0.1:9"],
+                           env={"MODELROLL_TOKEN": "x"})
+    assert r.exit_code == 1 and "cannot reach the controller" in r.output
+
+
+def test_tokens_create_prints_the_secret_once_and_stores_its_hash(world: World, url: str) -> None:
+    r = run(world, url, "tokens", "create", "--role", "operator", "--name", "ci", "--json")
+    assert r.exit_code == 0, r.output
+    secret = json.loads(r.output)["token"]
+    assert secret.startswith("mr_")
+    with world.client() as client:
+        ok = client.get("/v1/audit", headers={"Authorization": f"Bearer {secret}"})
+        assert ok.status_code == 200
+    r = run(world, url, "tokens", "create", "--role", "root", "--name", "x")
+    assert r.exit_code == 2 and "unknown role 'root'" in r.output
+    assert run(world, url, "tokens", "revoke", "--name", "ci").exit_code == 0
+    with world.client() as client:
+        assert client.get("/v1/audit", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
