@@ -25,6 +25,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from modelroll.errors import InvalidInput
+from optimizer.export import gemm_to_matmul
 from optimizer.sources import check_onnx
 
 CALIBRATION_METHODS = {
@@ -83,6 +84,17 @@ def _name_nodes(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
+def prepare(src: Path, dst: Path) -> Path:
+    """Validate, name every node and run ORT's quantization pre-processing; quantize `dst` with pre_process=False
+    so that node names (for nodes_to_exclude and node_sensitivity) stay the same across tries."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="modelroll-q-") as work:
+        prepared = _prepare(Path(src), Path(work), pre_process=True)
+        onnx.save(onnx.load(str(prepared)), str(dst))
+    return dst
+
+
 def _prepare(src: Path, work: Path, *, pre_process: bool) -> Path:
     info = check_onnx(src)
     model = onnx.load(str(info.path))
@@ -98,6 +110,12 @@ def _prepare(src: Path, work: Path, *, pre_process: bool) -> Path:
     except Exception as exc:  # pre-processing is an optimization: quantize the plain graph if it fails
         log.warning("quant_pre_process failed, quantizing without it: %s", exc)
         return named
+    # Pre-processing fuses MatMul+Add into Gemm, which quantize_dynamic would split again under new
+    # names (nodes_to_exclude would then miss); split it here once, so names stay stable.
+    model = onnx.load(str(prepared))
+    if gemm_to_matmul(model):
+        _name_nodes(model)
+        onnx.save(model, str(prepared))
     return prepared
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,21 @@ def check_onnx(path: Path) -> OnnxInfo:
         outputs=tuple(o.name for o in model.graph.output),
         size_bytes=path.stat().st_size,
     )
+
+
+@contextlib.contextmanager
+def torch_threads(count: int = 1) -> Iterator[None]:
+    """Run torch on `count` intra-op threads inside the block, then restore the previous count.
+
+    On a loaded 2-core machine, torch's default thread pool spins against other processes: a
+    distillation step measured 10x slower on 2 threads than on 1.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ---- the digits classifier (the demo's model) ----
@@ -149,6 +165,13 @@ def train_digits(sizes: tuple[int, ...] = DIGITS_SIZES, seed: int = DIGITS_SEED)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     inputs, labels = torch.from_numpy(x_train), torch.from_numpy(y_train)
     model.train()
+    with torch_threads(1):
+        _fit(model, optimizer, schedule, inputs, labels, epochs, batch, generator)
+    return model.eval()
+
+
+def _fit(model: DigitsMLP, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
+         inputs: torch.Tensor, labels: torch.Tensor, epochs: int, batch: int, generator: torch.Generator) -> None:
     for _ in range(epochs):
         order = torch.randperm(len(inputs), generator=generator)
         for start in range(0, len(inputs), batch):
@@ -158,7 +181,6 @@ def train_digits(sizes: tuple[int, ...] = DIGITS_SIZES, seed: int = DIGITS_SEED)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             schedule.step()
-    return model.eval()
 
 
 def digits_key(sizes: tuple[int, ...] = DIGITS_SIZES, seed: int = DIGITS_SEED) -> str:
@@ -269,21 +291,69 @@ def load_encoder(folder: Path) -> SentenceEncoder:
     return SentenceEncoder(bert).eval()
 
 
-def load_tokenizer(folder: Path) -> Any:
-    """The tokenizer saved beside a local encoder (local files only)."""
-    from transformers import AutoTokenizer
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+# ---- what a build starts from ----
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int = 128) -> dict[str, np.ndarray]:
-    """Encode `texts` padded to the longest (at most `max_length`): int64 input_ids and attention_mask."""
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-    return {name: np.asarray(encoded[name], dtype=np.int64) for name in ENCODER_INPUTS}
+@dataclass(frozen=True)
+class ModelSource:
+    """A baseline to optimize: its ONNX file, its torch model (None = ONNX only: quantization only) and
+    calibration batches keyed by ONNX input name (static quantization, importance, sensitivity);
+    `train_feeds` (default: the calibration batches) feed the distillation."""
+
+    name: str
+    onnx_path: Path
+    output_name: str
+    torch_model: nn.Module | None = None
+    calibration: tuple[dict[str, np.ndarray], ...] = ()
+    train_feeds: tuple[dict[str, np.ndarray], ...] = ()
+
+    @property
+    def distill_feeds(self) -> tuple[dict[str, np.ndarray], ...]:
+        return self.train_feeds or self.calibration
 
 
-def text_batches(tokenizer: Any, texts: list[str], batch_size: int = 32,
-                 max_length: int = 128) -> list[dict[str, np.ndarray]]:
-    """`texts` tokenized in consecutive batches, each padded to its own longest sentence."""
-    return [tokenize(tokenizer, texts[i : i + batch_size], max_length) for i in range(0, len(texts), batch_size)]
+def onnx_source(path: Path, calibration: tuple[dict[str, np.ndarray], ...] = ()) -> ModelSource:
+    """Any valid ONNX model: only quantization applies (static INT8 also needs `calibration`)."""
+    info = check_onnx(path)
+    if len(info.outputs) != 1:
+        raise InvalidInput(f"{info.path.name!r} has {len(info.outputs)} outputs: models with exactly one are accepted")
+    return ModelSource(name=info.path.stem, onnx_path=info.path, output_name=info.outputs[0], calibration=calibration)
+
+
+def digits_source(cache_dir: Path, calibration_rows: int = 256) -> ModelSource:
+    """The demo's digits MLP: calibration = first training rows, distillation = the whole training split."""
+    model = digits_model(cache_dir)
+    x_train = _digits_split()[0]
+    return ModelSource(
+        name="digits", onnx_path=model.onnx_path, output_name=DIGITS_OUTPUT, torch_model=model.module,
+        calibration=({DIGITS_INPUT: x_train[:calibration_rows].copy()},), train_feeds=({DIGITS_INPUT: x_train},),
+    )
+
+
+def encoder_source(folder: Path, cache_dir: Path, *, calibration_texts: int = 256, train_texts: int = 1024,
+                   batch_size: int = 32, max_length: int = 128) -> ModelSource:
+    """A local BERT-like encoder exported (once, cached by folder + settings) as mean-pooled embeddings.
+
+    Calibration and distillation texts come from the "calibration" split of optimizer.texts, never
+    from its "eval" split.
+    """
+    from optimizer.export import export_onnx
+    from optimizer.texts import load_tokenizer, text_batches, text_corpus
+
+    folder = Path(folder)
+    encoder = load_encoder(folder)
+    tokenizer = load_tokenizer(folder)
+    texts = text_corpus(max(calibration_texts, train_texts), split="calibration")
+    calibration = tuple(text_batches(tokenizer, texts[:calibration_texts], batch_size, max_length))
+    train = tuple(text_batches(tokenizer, texts[:train_texts], batch_size, max_length))
+    weights = folder / "model.safetensors"
+    mtime_ns = weights.stat().st_mtime_ns if weights.exists() else 0
+    stamp = f"{folder.resolve()}|{mtime_ns}|{max_length}|{torch.__version__}"
+    key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{folder.name}-{key}" / "model.onnx"
+    if not path.is_file():
+        staging = path.with_name(f".{os.getpid()}.model.onnx")
+        export_onnx(encoder, calibration[0], staging, output_name=ENCODER_OUTPUT)
+        staging.replace(path)
+    return ModelSource(name=folder.name, onnx_path=path, output_name=ENCODER_OUTPUT, torch_model=encoder,
+                       calibration=calibration, train_feeds=train)

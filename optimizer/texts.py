@@ -1,4 +1,4 @@
-"""A real, offline, deterministic English text set: sentences from the docstrings of Python's standard library.
+"""A real, offline, deterministic English text set (docstrings of Python's standard library), and its tokenization.
 
 Used to calibrate and evaluate sentence encoders without any download. Sentences are parsed
 (never imported), filtered to prose, de-duplicated, ordered by hash and split disjointly
@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import os
 import re
 import sysconfig
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from modelroll.errors import InvalidInput
+from optimizer.sources import ENCODER_INPUTS
 
 SPLITS = ("calibration", "eval")
 _SENTENCE_END = re.compile(r"(?<=[a-z0-9)][.!?])\s+(?=[A-Z])")
@@ -67,3 +72,23 @@ def text_corpus(n: int = 512, split: str = "eval", stdlib: Path | None = None) -
     if n < 1 or n > len(chosen):
         raise InvalidInput(f"the {split} text split has {len(chosen)} sentences: ask for 1..{len(chosen)}, got {n}")
     return chosen[:n]
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved beside a local encoder (local files only)."""
+    from transformers import AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int = 128) -> dict[str, np.ndarray]:
+    """Encode `texts` padded to the longest (at most `max_length`): int64 input_ids and attention_mask."""
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {name: np.asarray(encoded[name], dtype=np.int64) for name in ENCODER_INPUTS}
+
+
+def text_batches(tokenizer: Any, texts: list[str], batch_size: int = 32,
+                 max_length: int = 128) -> list[dict[str, np.ndarray]]:
+    """`texts` tokenized in consecutive batches, each padded to its own longest sentence."""
+    return [tokenize(tokenizer, texts[i : i + batch_size], max_length) for i in range(0, len(texts), batch_size)]
