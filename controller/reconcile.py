@@ -2,6 +2,8 @@
 
 Every write is fenced (controller/fencing.py) and a rollout's state, its events and the sample cursor move in the
 same transactions as their inputs, so a controller killed at any point resumes with nothing lost or doubled.
+The statistics see every sample since the rollout started (not per step): their confidence sequences are valid
+at any number of looks, so evidence carries across steps; a step's own minimum samples guard its exposure.
 """
 
 from __future__ import annotations

@@ -224,3 +224,12 @@ def test_replay_same_events_in_same_state_out() -> None:
     assert first.phase is Phase.PROMOTED
     seqs = [a.seq for a in log1 if isinstance(a, RecordEvent)]
     assert seqs == list(range(1, len(seqs) + 1)) and first.seq == seqs[-1]
+
+
+def test_a_full_traffic_step_counts_the_candidates_samples_not_the_idle_baseline() -> None:
+    spec = RolloutSpec(model="digits", baseline="fp32", candidate="int8",
+                       steps=(Step(100, min_duration_s=0, min_samples=50),))
+    s = started(spec)
+    results = ev(Verdict.PASS).results
+    assert not step(s, at(1), Evaluation(results, Verdict.PASS, 0, 49)).changed
+    assert step(s, at(1), Evaluation(results, Verdict.PASS, 0, 50)).state.phase is Phase.PROMOTED
