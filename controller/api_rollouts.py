@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from controller.api import MAX_ID, Admin, Ctx, Operator, SafeStr, Viewer, etag, if_match, rollout_json
+from controller.api import MAX_ID, Admin, ApiContext, Ctx, Operator, SafeStr, Viewer, etag, if_match, rollout_json
 from controller.auth import Principal
 from controller.machine import Command, RolloutState, state_to_dict, step
 from controller.transitions import apply_after_commit, audit, state_of, summary, write
@@ -152,15 +152,19 @@ def get_rollout(rollout_id: RolloutId, ctx: Ctx, _: Viewer, response: Response) 
     return out
 
 
-def _command(request: Request, ctx: Any, who: Principal, rollout_id: int, kind: str, reason: str,
-             response: Response, weight_pct: float | None = None) -> dict[str, Any]:
-    expected = if_match(request, rollout_id)
+def apply_command(ctx: ApiContext, who: Principal, rollout_id: int, expected_version: int, kind: str,
+                  reason: str = "", weight_pct: float | None = None) -> dict[str, Any]:
+    """Run one manual command through the state machine in one transaction with the version check.
+
+    Raises Conflict when the rollout is not at `expected_version` (or changes meanwhile), Forbidden when the
+    role is too low, and the machine's Conflict for an illegal command; returns the rollout as the API shows it.
+    """
     try:
         with ctx.session_factory() as session, session.begin():
             row = _load(session, rollout_id)
-            if row.version != expected:
-                raise Conflict(f"rollout {rollout_id} is at version {row.version}, you sent {expected}: it changed "
-                               f"since you read it; GET /v1/rollouts/{rollout_id} and retry with its ETag")
+            if row.version != expected_version:
+                raise Conflict(f"rollout {rollout_id} is at version {row.version}, you sent {expected_version}: it "
+                               f"changed since you read it; GET /v1/rollouts/{rollout_id} and retry with its ETag")
             before = summary(row)
             command = Command(kind=kind, actor=who.actor, role=who.role, reason=reason, weight_pct=weight_pct)
             transition = step(state_of(row), datetime.now(UTC), command=command)
@@ -174,6 +178,12 @@ def _command(request: Request, ctx: Any, who: Principal, rollout_id: int, kind: 
         raise Conflict(f"rollout {rollout_id} changed while applying {kind.replace('_', '-')}: "
                        f"GET /v1/rollouts/{rollout_id} and retry with its ETag") from None
     apply_after_commit(ctx.channel, ctx.notifier, model, row_summary, transition.actions)
+    return out
+
+
+def _command(request: Request, ctx: ApiContext, who: Principal, rollout_id: int, kind: str, reason: str,
+             response: Response, weight_pct: float | None = None) -> dict[str, Any]:
+    out = apply_command(ctx, who, rollout_id, if_match(request, rollout_id), kind, reason, weight_pct)
     response.headers.update(etag(out["version"]))
     return out
 

@@ -91,7 +91,13 @@ class Reconciler:
         try:
             self.fold_samples(token)
             for rollout_id in self._active_ids():
-                self.reconcile_rollout(rollout_id, token)
+                try:
+                    self.reconcile_rollout(rollout_id, token)
+                except (StaleLeader, Unavailable, DBAPIError):
+                    raise
+                except Exception:  # one broken rollout must not stop the others; counted and logged
+                    self.counts["rollout_errors"] += 1
+                    log.exception("cannot reconcile rollout=%s", rollout_id)
             self.publish_desired_splits()
         except StaleLeader as exc:
             log.warning("stepping down: %s", exc)
@@ -225,6 +231,9 @@ class Reconciler:
                     # Fail static: change nothing until the database and the channel answer again.
                     self.counts["tick_errors"] += 1
                     log.warning("reconcile pass failed, retrying next tick why=%s", exc)
+                except Exception:  # a bug must not end the loop silently: counted, logged, retried
+                    self.counts["tick_errors"] += 1
+                    log.exception("reconcile pass failed, retrying next tick")
                 self._stop.wait(max(0.0, self.settings.reconcile_interval_s - (time.monotonic() - started)))
         finally:
             self.elector.stop()
