@@ -160,10 +160,9 @@ class Recorder:
                         self.sent += len(samples)
                         sent += len(samples)
                     samples = []
-                    while predictions:
-                        request_id, record = predictions[-1]
-                        self._channel.put_prediction(request_id, record, self._ttl_s)
-                        predictions.pop()
+                    if predictions:
+                        self._channel.put_predictions(predictions, self._ttl_s)
+                        predictions = []
                 except ModelrollError as exc:
                     self._keep_for_retry(samples, predictions, retried)
                     if not self.degraded:

@@ -146,6 +146,11 @@ class LiveChannel(abc.ABC):
     @abc.abstractmethod
     def put_prediction(self, request_id: str, record: bytes, ttl_s: float) -> None: ...
 
+    def put_predictions(self, records: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        """Store many (request_id, record) at once; backends with a round trip per call batch it."""
+        for request_id, record in records:
+            self.put_prediction(request_id, record, ttl_s)
+
     @abc.abstractmethod
     def take_prediction(self, request_id: str) -> bytes | None:
         """Return and delete the record (None when unknown or expired)."""

@@ -249,6 +249,15 @@ class RedisChannel(LiveChannel):
         with self._guard(f"store the prediction of request {request_id!r}"):
             self._client.set(self._prefix + "prediction:" + request_id, record, px=px)
 
+    def put_predictions(self, records: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        px = ttl_ms(ttl_s, "prediction ttl_s")
+        with self._guard(f"store {len(records)} predictions"):
+            pipe = self._client.pipeline(transaction=False)
+            for start in range(0, len(records), _PIPELINE_BATCH):
+                for request_id, record in records[start: start + _PIPELINE_BATCH]:
+                    pipe.set(self._prefix + "prediction:" + request_id, record, px=px)
+                pipe.execute()
+
     def take_prediction(self, request_id: str) -> bytes | None:
         with self._guard(f"take the prediction of request {request_id!r}"):
             value: Any = self._client.getdel(self._prefix + "prediction:" + request_id)

@@ -1,0 +1,392 @@
+"""Router overhead: modelroll's router against a bare Starlette+orjson+onnxruntime handler and MLServer 1.7.1.
+
+Same ONNX model (the digits MLP), same load generator (a raw-socket HTTP/1.1 client in its own
+process), each server alone on CPU 0 with the load generator on CPU 1, batch 1 and batch 32:
+throughput at a fixed concurrency and latency with one request in flight. The router runs a
+50/50 split (two variants of the same file) with metrics and samples on (flushed to Redis).
+Also: split propagation p99 through Redis. MLServer runs from its own venv (.bench-venv).
+Usage: python bench/router.py [--duration S] [--concurrency C] [--skip-mlserver]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # this file is bench/router.py: keep it from shadowing the `router` package
+else:
+    sys.path.insert(0, str(ROOT))
+
+BENCH_VENV = ROOT / ".bench-venv"
+MLSERVER = "mlserver==1.7.1"
+REDIS_URL = os.environ.get("MODELROLL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+SERVER_CPU, CLIENT_CPU = 0, 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
+        os.sched_setaffinity(0, {cpu})
+
+
+# --- servers (each runs in its own process: `bench/router.py --serve KIND PORT MODEL_DIR`) ------------------
+def serve_ceiling(port: int, model: Path) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    import orjson
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+    async def infer(request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        entry = body["inputs"][0]
+        x = np.asarray(entry["data"], dtype=np.float32).reshape(entry["shape"])
+        out = (await run_in_threadpool(session.run, ["logits"], {"input": x}))[0]
+        return Response(orjson.dumps({"model_name": "digits", "id": body.get("id", ""), "outputs": [
+            {"name": "logits", "datatype": "FP32", "shape": list(out.shape), "data": out.reshape(-1)}]},
+            option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    app = Starlette(routes=[Route("/v2/models/digits/infer", infer, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http="httptools",
+                loop="uvloop")
+
+
+def serve_router(port: int, model: Path, prefix: str) -> None:
+    import uvicorn
+
+    from modelroll.live.base import SplitConfig
+    from modelroll.live.redis_backend import RedisChannel
+    from modelroll.settings import Settings
+    from router.app import create_app
+    from router.variants import StaticVariantSource, VariantSpec
+
+    settings = Settings(home=Path(os.environ["BENCH_HOME"]), redis_url=REDIS_URL, redis_prefix=prefix)
+    channel = RedisChannel(REDIS_URL, prefix=prefix)
+    channel.publish_split(SplitConfig("digits", {"baseline": 50.0, "copy": 50.0}, rollout_id=1, step=4))
+    source = StaticVariantSource([VariantSpec("digits", "baseline", "baseline", model),
+                                  VariantSpec("digits", "copy", "candidate", model)])
+    app = create_app(settings, channel, source)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http="httptools",
+                loop="uvloop", lifespan="on")
+
+
+MLSERVER_RUNTIME = '''
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class OnnxModel(MLModel):
+    async def load(self) -> bool:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(self.settings.parameters.uri, options,
+                                            providers=["CPUExecutionProvider"])
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        out = self.session.run(["logits"], {"input": x})[0]
+        return InferenceResponse(model_name=self.name, id=payload.id,
+                                 outputs=[NumpyCodec.encode_output("logits", out)])
+'''
+
+
+def mlserver_python() -> tuple[Path | None, str]:
+    """The bench venv's python with MLServer 1.7.1 (created with pip on first use), or why not."""
+    python = BENCH_VENV / "bin" / "python"
+    check = [str(python), "-c", "import mlserver, onnxruntime; assert mlserver.__version__ == '1.7.1'"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python, ""
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True, capture_output=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", MLSERVER, "onnxruntime", "numpy"],
+                       check=True, capture_output=True, timeout=900)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        err = getattr(exc, "stderr", b"") or b""
+        return None, f"{MLSERVER} could not be installed from PyPI here: {err.decode(errors='replace')[-300:]}"
+    if subprocess.run(check, capture_output=True).returncode != 0:
+        return None, f"{MLSERVER} installed but does not import"
+    return python, ""
+
+
+def start_mlserver(python: Path, port: int, model: Path, workdir: Path) -> subprocess.Popen[bytes]:
+    folder = workdir / "mlserver"
+    (folder / "digits").mkdir(parents=True, exist_ok=True)
+    (folder / "onnx_runtime.py").write_text(MLSERVER_RUNTIME)
+    (folder / "settings.json").write_text(json.dumps({
+        "http_port": port, "grpc_port": _free_port(), "metrics_port": _free_port(), "parallel_workers": 0,
+        "debug": False, "host": "127.0.0.1"}))
+    (folder / "digits" / "model-settings.json").write_text(json.dumps({
+        "name": "digits", "implementation": "onnx_runtime.OnnxModel", "parameters": {"uri": str(model)}}))
+    mlserver = python.parent / "mlserver"
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    return subprocess.Popen([str(mlserver), "start", str(folder)], cwd=folder, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: _pin(SERVER_CPU))
+
+
+# --- load generator (its own process: `bench/router.py --load ...`) ------------------------------------------
+async def _connection(port: int, request: bytes, stop_at: float, warm_until: float,
+                      latencies: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    perf = time.perf_counter
+    try:
+        while True:
+            start = perf()
+            if start >= stop_at:
+                return
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            if start >= warm_until:
+                latencies.append(perf() - start)
+                if status != 200:
+                    errors.append(status)
+    finally:
+        writer.close()
+
+
+def run_load(port: int, path: str, body: bytes, concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
+    import uvloop
+
+    _pin(CLIENT_CPU)
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    latencies: list[float] = []
+    errors: list[int] = []
+
+    async def main() -> None:
+        now = time.perf_counter()
+        await asyncio.gather(*(_connection(port, request, now + warmup_s + duration_s, now + warmup_s,
+                                           latencies, errors) for _ in range(concurrency)))
+
+    uvloop.run(main())
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6 if latencies else float("nan")
+
+    return {"requests": len(latencies), "errors": len(errors), "rps": len(latencies) / duration_s,
+            "p50_us": pct(0.50), "p99_us": pct(0.99)}
+
+
+# --- orchestration -------------------------------------------------------------------------------------------
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} did not start in {timeout_s}s")
+
+
+def _load(port: int, body: bytes, concurrency: int, duration_s: float, workdir: Path) -> dict[str, Any]:
+    body_file = workdir / f"body-{uuid.uuid4().hex[:6]}.json"
+    body_file.write_bytes(body)
+    out = subprocess.run([sys.executable, __file__, "--load", str(port), str(body_file), str(concurrency),
+                          str(duration_s)], capture_output=True, check=True, text=True, timeout=duration_s + 120)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def _bodies() -> dict[int, bytes]:
+    import orjson
+
+    from tests.router_models import digits_data
+
+    x, _ = digits_data()
+    return {b: orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [b, 64],
+                                         "data": x[:b].reshape(-1).tolist()}]}) for b in (1, 32)}
+
+
+def measure(kind: str, proc: subprocess.Popen[bytes], port: int, args: argparse.Namespace,
+            workdir: Path) -> dict[int, dict[str, Any]]:
+    try:
+        _wait_port(port, proc)
+        time.sleep(1.0)
+        results = {}
+        for batch, body in _bodies().items():
+            thr = _load(port, body, args.concurrency, args.duration, workdir)
+            lat = _load(port, body, 1, args.duration, workdir)
+            results[batch] = {"rps": thr["rps"], "errors": thr["errors"] + lat["errors"],
+                              "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "loaded_p99_us": thr["p99_us"]}
+            print(f"  {kind:<9} batch {batch:>2}: {thr['rps']:>8.0f} req/s at {args.concurrency} in flight, "
+                  f"p50 {lat['p50_us']:>7.0f} µs p99 {lat['p99_us']:>7.0f} µs one in flight, "
+                  f"{results[batch]['errors']} errors", flush=True)
+        return results
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def split_propagation_ms(changes: int) -> list[float]:
+    """Publish `changes` splits through Redis and time each until the router has applied it."""
+    import tempfile
+
+    from modelroll.live.base import SplitConfig
+    from modelroll.live.redis_backend import RedisChannel
+    from modelroll.settings import Settings
+    from router.app import create_app
+    from router.variants import StaticVariantSource, VariantSpec
+    from tests.router_models import build_digits
+
+    prefix = f"modelroll-bench:{uuid.uuid4().hex[:8]}:"
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_digits(Path(tmp) / "digits")["baseline"]
+        settings = Settings(home=Path(tmp) / "home", redis_url=REDIS_URL, redis_prefix=prefix)
+        publisher = RedisChannel(REDIS_URL, prefix=prefix)
+        app = create_app(settings, RedisChannel(REDIS_URL, prefix=prefix), StaticVariantSource(
+            [VariantSpec("digits", "baseline", "baseline", model), VariantSpec("digits", "copy", "candidate", model)]))
+        delays: list[float] = []
+        try:
+            deadline = time.monotonic() + 10
+            while not app.live.connected and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for i in range(changes):
+                pct = float(1 + i % 99)
+                start = time.perf_counter()
+                stored = publisher.publish_split(SplitConfig("digits", {"baseline": 100 - pct, "copy": pct}))
+                limit = time.monotonic() + 5
+                while time.monotonic() < limit:
+                    config = app.table.routes["digits"].config
+                    if config is not None and config.version == stored.version:
+                        break
+                    time.sleep(0.0005)
+                delays.append((time.perf_counter() - start) * 1000.0)
+        finally:
+            app.close()
+            _clean_redis(prefix)
+            publisher.close()
+    return sorted(delays)
+
+
+def _clean_redis(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement (bounded)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight for throughput")
+    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--serve", nargs=3, metavar=("KIND", "PORT", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=4, metavar=("PORT", "BODY", "CONC", "SECONDS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        kind, port, model = args.serve
+        _pin(SERVER_CPU)
+        if kind == "ceiling":
+            serve_ceiling(int(port), Path(model))
+        else:
+            serve_router(int(port), Path(model), os.environ["BENCH_PREFIX"])
+        return 0
+    if args.load:
+        port, body, conc, seconds = args.load
+        result = run_load(int(port), "/v2/models/digits/infer", Path(body).read_bytes(), int(conc),
+                          min(float(seconds), 60.0), 1.0)
+        print(json.dumps(result))
+        return 0
+
+    import tempfile
+
+    from tests.router_models import build_digits
+
+    print(f"bench/router.py: digits MLP (64-64-10, FP32 ONNX), server on CPU {SERVER_CPU}, load generator on CPU "
+          f"{CLIENT_CPU}, {args.duration:.0f}s per point, {args.concurrency} in flight for throughput", flush=True)
+    prefix = f"modelroll-bench:{uuid.uuid4().hex[:8]}:"
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        model = build_digits(workdir / "digits")["baseline"]
+        results: dict[str, dict[int, dict[str, Any]]] = {}
+        env = {**os.environ, "BENCH_PREFIX": prefix, "BENCH_HOME": str(workdir / "home")}
+        for kind in ("ceiling", "router"):
+            port = _free_port()
+            proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), str(model)], env=env)
+            results[kind] = measure(kind, proc, port, args, workdir)
+        _clean_redis(prefix)
+        mlserver_note = "skipped (--skip-mlserver)"
+        if not args.skip_mlserver:
+            python, why = mlserver_python()
+            if python is None:
+                mlserver_note = why
+            else:
+                port = _free_port()
+                results["mlserver"] = measure("mlserver", start_mlserver(python, port, model, workdir), port, args,
+                                              workdir)
+                mlserver_note = ""
+    delays = split_propagation_ms(200)
+    p99_prop = delays[int(0.99 * (len(delays) - 1))]
+    print("\nratios (same run, same model, same load generator, same cores):")
+    ok = True
+    for batch in (1, 32):
+        ceiling, router = results["ceiling"][batch], results["router"][batch]
+        ratio = router["rps"] / ceiling["rps"]
+        added = router["p99_us"] - ceiling["p99_us"]
+        ok &= ratio >= 0.90 and added <= 100
+        print(f"  batch {batch:>2}: router/ceiling throughput {ratio:.2f} (target >= 0.90); added p99 "
+              f"{added:+.0f} µs (target <= 100 µs)")
+        if "mlserver" in results:
+            vs = router["rps"] / results["mlserver"][batch]["rps"]
+            ok &= vs >= 4.0
+            print(f"  batch {batch:>2}: router/MLServer 1.7.1 throughput {vs:.2f}x (target >= 4x)")
+    if mlserver_note:
+        print(f"  MLServer: {mlserver_note}")
+    print(f"  split propagation through Redis: p50 {delays[len(delays) // 2]:.1f} ms, p99 {p99_prop:.1f} ms "
+          f"over {len(delays)} changes (target p99 <= 100 ms)")
+    ok &= p99_prop <= 100
+    errors = sum(r[b]["errors"] for r in results.values() for b in r)
+    print(f"  client errors during the runs: {errors}")
+    print("targets: " + ("all met" if ok else "NOT all met (figures above)"))
+    return 0 if errors == 0 else 1
+
+
+if __name__ == "__main__":
+    if shutil.which("taskset") is None and not hasattr(os, "sched_setaffinity"):
+        print("note: cannot pin processes to CPUs here; figures include scheduler noise", file=sys.stderr)
+    sys.exit(main())
