@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy.orm import Session
 
 from controller.auth import Principal, authenticate
@@ -117,10 +117,24 @@ def rollout_json(row: RolloutRow) -> dict[str, Any]:
     }
 
 
+class ErrorBody(BaseModel):
+    error: str = Field(description="What was wrong and what is accepted.")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in (
+        (400, "Invalid input: the message names the field and what is accepted"),
+        (401, "No, unknown or revoked bearer token"), (403, "The token's role is too low"),
+        (404, "Unknown model, variant, rollout or job"),
+        (409, "Stale If-Match version, an active rollout already exists, or the command does not apply"),
+        (428, "If-Match missing on a change"))
+}
+
+
 def api_router() -> APIRouter:
     from controller import api_models, api_rollouts
 
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", responses=_ERRORS)
     router.include_router(api_rollouts.router)
     router.include_router(api_models.router)
     return router

@@ -87,6 +87,20 @@ class _Metrics(Collector):
             yield hooks
 
 
+def _document_400_not_422(app: FastAPI) -> None:
+    """Validation errors answer 400 {"error"} (see the handler below), so the schema must not promise 422."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, channel: LiveChannel | None, session_factory: Callable[[], Session], *,
                reconciler: Reconciler | None = None, notifier: WebhookNotifier | None = None) -> FastAPI:
     app = FastAPI(title="modelroll controller", version="1",
@@ -94,6 +108,7 @@ def create_app(settings: Settings, channel: LiveChannel | None, session_factory:
     app.state.ctx = ApiContext(settings=settings, channel=channel, session_factory=session_factory,
                                notifier=notifier)
     app.include_router(api_router())
+    _document_400_not_422(app)
     registry = CollectorRegistry()
     registry.register(_Metrics(app, reconciler, notifier))
 

@@ -150,3 +150,14 @@ def test_api_and_reconciler_cannot_both_write_a_rollout(world: World) -> None:
     rec.tick()
     assert phase(world, rid) == "paused"
     assert [e.kind for e in events(world, rid)] == ["created", "started", "paused"]
+
+
+def test_a_leader_that_cannot_renew_stops_leading_when_its_lease_runs_out(world: World) -> None:
+    import time
+
+    from controller.leader import LeaderElector
+
+    elector = LeaderElector(world.channel, "slow", lease_s=0.3)
+    assert elector.poll() is not None and elector.token() is not None
+    time.sleep(0.35)  # no renewal in time (a long GC pause, a stuck thread)
+    assert elector.token() is None
