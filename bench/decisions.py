@@ -288,11 +288,16 @@ def _targets(results: dict[tuple[str, str], Tally], reps: int) -> int:
          bool(results[(good, "modelroll")].promoted) and np.median(results[(good, "modelroll")].promoted) <= 3000,
          f"{np.median(results[(good, 'modelroll')].promoted or [HORIZON + 1]):.0f}"),
     ]
+    judges = ("modelroll", "kayenta-style", "flagger-style")
+    print("side by side, same runs:")
     for b in boundary:
-        ratio = share(b, "kayenta-style", "promoted") / max(share(b, "modelroll", "promoted"), 1.0 / reps)
-        print(f"false promotion at '{b}': kayenta-style {share(b, 'kayenta-style', 'promoted'):.1%}, "
-              f"flagger-style {share(b, 'flagger-style', 'promoted'):.1%}, modelroll "
-              f"{share(b, 'modelroll', 'promoted'):.1%} (kayenta-style ≥ {ratio:.0f}× modelroll)")
+        figures = ", ".join(f"{j} {share(b, j, 'promoted'):.1%}" for j in judges)
+        print(f"  false promotion at '{b}': {figures}")
+    print("  good candidate rolled back: " + ", ".join(f"{j} {share(good, j, 'rolled_back'):.1%}" for j in judges))
+    speed = {j: float(np.median(results[(good, j)].promoted)) for j in judges if results[(good, j)].promoted}
+    if "modelroll" in speed:
+        print("  median requests per arm to promote the good one: " + ", ".join(
+            f"{j} {n:.0f} ({n / speed['modelroll']:.2f}×)" for j, n in speed.items()))
     missed = 0
     for name, ok, figure in checks:
         print(f"target {'met' if ok else 'MISSED'}: {name}: {figure}")
