@@ -149,6 +149,7 @@ class JobRun:
         self.ctx, self.job_id, self.stop = ctx, job_id, stop
         self.fence = Fence(ctx.sessions, job_id, attempt)
         self._stored: dict[str, StoredArtifact] = {}
+        self._names: set[str] = set()
 
     def run(self) -> JobReport:
         with self.ctx.sessions() as session:
@@ -194,7 +195,9 @@ class JobRun:
         except InvalidInput as exc:
             return CandidateReport(recipe_text[:63], {"recipe": recipe_text}, "failed", base.figures, None,
                                    error=exc.message)
-        name = recipe_slug(recipe)
+        name = str(recipe)[:63]  # the normalized recipe: unique per job unless two spellings mean the same
+        name = name if name not in self._names else f"{name[:58]}#{index + 1}"
+        self._names.add(name)
 
         def quality(path: Path) -> float:
             return measure_quality(path, eval_set, config, reference=base.outputs, stop=self.stop).value

@@ -65,7 +65,8 @@ class Worker:
 
     def __init__(self, ctx: JobContext, channel: LiveChannel, stop: threading.Event, *,
                  metrics: WorkerMetrics | None = None, poll_interval_s: float = 0.5,
-                 consumer: str | None = None, on_idle: Callable[[], None] | None = None) -> None:
+                 consumer: str | None = None, on_idle: Callable[[], None] | None = None,
+                 sweep_interval_s: float = SWEEP_INTERVAL_S) -> None:
         self.ctx, self.channel, self.stop = ctx, channel, stop
         self.metrics = metrics or WorkerMetrics()
         self.poll_interval_s = poll_interval_s
@@ -73,6 +74,7 @@ class Worker:
         self.on_idle = on_idle
         self._dead_seen: set[str] = set()
         self._next_sweep = 0.0
+        self.sweep_interval_s = sweep_interval_s
 
     @property
     def settings(self) -> Settings:
@@ -103,7 +105,7 @@ class Worker:
         now = time.monotonic()
         if now < self._next_sweep:
             return
-        self._next_sweep = now + SWEEP_INTERVAL_S
+        self._next_sweep = now + self.sweep_interval_s
         with self.ctx.sessions() as session:
             for job_id in requeue_orphans(session, self.channel):
                 log.warning("re-enqueued job %s whose submitter died before enqueuing it", job_id)
