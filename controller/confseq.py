@@ -109,7 +109,10 @@ def _log_wealth_up(levels: np.ndarray, counts: np.ndarray, means: np.ndarray) ->
 
 
 def _lower_bounds(levels: np.ndarray, counts: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    """Smallest mean not rejected, per row; the capital falls as the level rises, so refine a grid bracket."""
+    """Lower confidence bound per row: the largest level found rejected (the exact bound lies just above it).
+
+    The capital falls as the level rises, so the rejected levels form an interval [0, bound): refine a bracket.
+    """
     totals = counts.sum(axis=1)
     sample_means = (counts * levels).sum(axis=1) / np.maximum(totals, 1.0)
     thresholds = np.log(1.0 / alphas)[:, None]
@@ -133,7 +136,7 @@ def bounded_mean_bounds(levels: np.ndarray, counts: np.ndarray, alphas: np.ndarr
 
     Waudby-Smith & Ramdas, "Estimating means of bounded random variables by betting", JRSS-B 86(1),
     2024: a level is excluded once a bettor's capital against it reaches 1/alpha (Ville's inequality).
-    We average constant bets over a fixed grid (their diversified Kelly), which depends on the data
+    We average constant bets over a fixed geometric grid (their "diversified Kelly" idea), which depends on the data
     only through the counts of each value, so the answer does not depend on arrival order.
     `levels` (J,) are the values a draw can take, `counts` (P, J) how often each occurred per problem,
     `alphas` the error per side for each problem (or one for all).

