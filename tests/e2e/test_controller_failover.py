@@ -106,7 +106,8 @@ def cli(env: dict[str, str], *args: str) -> Any:
 def test_leader_killed_standby_takes_over_with_no_lost_or_duplicated_transition(
         controllers: list[Controller], env: dict[str, str]) -> None:
     for c in controllers:
-        wait_for(f"controller on {c.port} to answer", lambda c=c: httpx.get(f"{c.url}/healthz", timeout=1).is_success)
+        url = f"{c.url}/healthz"
+        wait_for(f"controller on {c.port} to answer", lambda url=url: httpx.get(url, timeout=1).is_success)  # type: ignore[misc]
     leader = wait_for("one leader", lambda: [c for c in controllers if c.leading()])
     assert len(leader) == 1
     leader, standby = leader[0], next(c for c in controllers if c is not leader[0])

@@ -54,7 +54,7 @@ def token(world: World) -> Iterator[str]:
 @settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
-def test_no_input_gets_a_server_error(case: Case, token: str) -> None:
+def test_no_input_gets_a_server_error(case: Case, token: str) -> None:  # type: ignore[type-arg]
     headers = {"Authorization": f"Bearer {token}", "If-Match": '"1"'}
     response = case.call(headers=headers)
     assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text}"

@@ -58,6 +58,7 @@ def test_rollout_driven_by_recorded_samples_promotes(world: World) -> None:
     assert phase(world, rid) == "shadow"  # every criterion passes, but the step's 30 s have not passed
     with world.session_factory() as s:
         row = s.get(RolloutRow, rid)
+        assert row is not None
         assert row.evaluation["verdict"] == "pass" and row.version == 2  # evaluation does not bump the version
         assert {r["criterion"] for r in row.evaluation["results"]} == {
             "latency_p50", "latency_p95", "memory", "accuracy", "errors"}

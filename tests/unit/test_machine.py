@@ -95,11 +95,12 @@ def test_last_step_passing_promotes_to_candidate_only() -> None:
     assert not step(t.state, at(100), ev(Verdict.FAIL)).changed  # terminal: nothing moves
 
 
-@pytest.mark.parametrize("phase_cmds", [[], ["pause"], [("set_weight", 30.0)]])
-def test_a_failing_criterion_rolls_back_at_once_even_when_paused(phase_cmds: list[object]) -> None:
+@pytest.mark.parametrize("phase_cmds", [[], [("pause", None)], [("set_weight", 30.0)]])
+def test_a_failing_criterion_rolls_back_at_once_even_when_paused(
+        phase_cmds: list[tuple[str, float | None]]) -> None:
     s = step(started(), at(20), ev(Verdict.PASS)).state
     for c in phase_cmds:
-        s = step(s, at(21), command=cmd(c) if isinstance(c, str) else cmd(c[0], weight_pct=c[1])).state
+        s = step(s, at(21), command=cmd(c[0], weight_pct=c[1])).state
     t = step(s, at(22), ev(Verdict.FAIL))
     assert t.state.phase is Phase.ROLLED_BACK
     assert splits(t) == [PublishSplit({"fp32": 100.0}, None, 1)]
