@@ -107,13 +107,16 @@ def _ensure_model(session: Session, settings: Settings, model: str, name: str | 
 
 
 def _wait(sessions: sessionmaker[Session], job_id: int) -> None:
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from modelroll.db import OptimizationJobRow
     from modelroll.jobs import TERMINAL_STATES
 
+    # On stderr, so that --json / --markdown output on stdout stays clean for scripts.
     with Progress(TextColumn("job {task.fields[job]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), TextColumn("{task.description}"), transient=True) as progress:
+                  TimeElapsedColumn(), TextColumn("{task.description}"), transient=True,
+                  console=Console(stderr=True)) as progress:
         task = progress.add_task("queued", total=100, job=job_id)
         while True:
             with sessions() as session:
