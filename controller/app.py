@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.api import ApiContext, api_router, context
+from controller.pages import pages_router
 from controller.reconcile import Reconciler
 from controller.transitions import latest_per_model, model_name
 from controller.webhooks import WebhookNotifier
@@ -108,6 +109,7 @@ def create_app(settings: Settings, channel: LiveChannel | None, session_factory:
     app.state.ctx = ApiContext(settings=settings, channel=channel, session_factory=session_factory,
                                notifier=notifier)
     app.include_router(api_router())
+    app.include_router(pages_router())
     _document_400_not_422(app)
     registry = CollectorRegistry()
     registry.register(_Metrics(app, reconciler, notifier))
