@@ -92,7 +92,8 @@ def summarize(row: RolloutRow, now: datetime) -> RolloutSummary:
     return RolloutSummary(
         id=row.id, model=str(spec.get("model", "")), baseline=str(spec.get("baseline", "")),
         candidate=str(spec.get("candidate", "")), phase=row.phase, phase_words=PHASE_WORDS.get(row.phase, row.phase),
-        split=split_text(dict(row.weights or {}), shadow), step_text=f"step {row.step_index + 1} of {len(steps)} ({what})",
+        split=split_text(dict(row.weights or {}), shadow),
+        step_text=f"step {row.step_index + 1} of {len(steps)} ({what})",
         age=age(_as_utc(row.created_at), now), why=row.last_reason or "no decision yet",
         version=row.version, terminal=row.phase in ("promoted", "rolled_back", "aborted", "failed"),
     )
