@@ -19,6 +19,9 @@ from modelroll.types import Criteria, CriterionResult, Verdict
 
 CRITERIA = ("latency_p50", "latency_p95", "memory", "accuracy", "errors")
 MEMORY_MIN_READINGS = 10  # gauge readings per arm before a memory verdict; also where its boundary is tightest
+# With shadow pairs, the accuracy budget goes mostly to the paired sequence; the unpaired one keeps the rest so that
+# labels of served traffic still count when pairs stop growing (after the shadow steps).
+PAIRED_SHARE = 0.8
 _LEVELS = np.array([0.0, 0.5, 1.0])  # values of a Bernoulli draw (0, 1) or of a rescaled paired difference
 
 
@@ -52,22 +55,23 @@ def evaluate(criteria: Criteria, obs: Observations) -> list[CriterionResult]:
 
 
 def _mean_bounds(obs: Observations, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """All bounded-mean bounds of one look in one vectorized call: accuracy rows, then both error rates.
+    """All bounded-mean bounds of one look in one vectorized call: [paired], base and cand accuracy, both error rates.
 
-    Paired: one row, d = candidate right - baseline right in {-1, 0, 1} as (d + 1) / 2, alpha/2 per side.
-    Unpaired accuracy and error rates: one row per arm, alpha/4 per side (the difference uses two arms).
+    Paired: d = candidate right - baseline right in {-1, 0, 1} as (d + 1) / 2, PAIRED_SHARE of alpha/2 per side.
+    Unpaired accuracy (the rest of the accuracy budget) and error rates: one row per arm, a quarter per side each.
     """
     base, cand, paired = obs.baseline, obs.candidate, obs.paired
     rows: list[list[int]] = []
     alphas: list[float] = []
+    unpaired_share = 1.0
     if paired.n > 0:
         rows.append([paired.baseline_only, paired.both_correct + paired.neither, paired.candidate_only])
-        alphas.append(alpha / 2.0)
-    else:
-        rows += [[base.labelled - base.correct, 0, base.correct], [cand.labelled - cand.correct, 0, cand.correct]]
-        alphas += [alpha / 4.0, alpha / 4.0]
+        alphas.append(PAIRED_SHARE * alpha / 2.0)
+        unpaired_share = 1.0 - PAIRED_SHARE
+    rows += [[base.labelled - base.correct, 0, base.correct], [cand.labelled - cand.correct, 0, cand.correct]]
+    alphas += [unpaired_share * alpha / 4.0] * 2
     rows += [[base.requests - base.errors, 0, base.errors], [cand.requests - cand.errors, 0, cand.errors]]
-    alphas += [alpha / 4.0, alpha / 4.0]
+    alphas += [alpha / 4.0] * 2
     return bounded_mean_bounds(_LEVELS, np.array(rows), np.array(alphas))
 
 
@@ -226,24 +230,39 @@ def _accuracy(criteria: Criteria, obs: Observations, alpha: float, lo: np.ndarra
             candidate_n=cand.labelled, method="not gated",
             message="accuracy is not gated: accuracy_drop_max is 1.0 (any drop allowed): passes",
         )
+    labelled = (base.labelled, cand.labelled)
     if paired.n > 0:
-        method = f"paired betting confidence sequence on shadow pairs (Waudby-Smith & Ramdas 2024), alpha {alpha:.4g}"
-        if paired.n < criteria.min_samples:
+        method = (f"paired betting confidence sequence on shadow pairs ∩ unpaired per arm "
+                  f"(Waudby-Smith & Ramdas 2024), alpha {alpha:.4g}")
+        if paired.n < criteria.min_samples and min(labelled) < criteria.min_samples:
             return _not_enough("accuracy", limit, method, (paired.n, paired.n), criteria.min_samples,
                                "labelled shadow pairs")
-        low, high = 2.0 * float(lo[0]) - 1.0, 2.0 * float(hi[0]) - 1.0
+    else:
+        method = f"unpaired betting confidence sequences per arm (Waudby-Smith & Ramdas 2024), alpha {alpha:.4g}"
+        if min(labelled) < criteria.min_samples:
+            return _not_enough("accuracy", limit, method, labelled, criteria.min_samples, "labelled predictions")
+    # Both sequences hold at once (their alphas add up to the criterion's), so their intersection does too.
+    uo = 1 if paired.n > 0 else 0  # offset of the unpaired rows
+    low, high = float(lo[uo + 1] - hi[uo]), float(hi[uo + 1] - lo[uo])
+    if paired.n > 0:
+        low, high = max(low, 2.0 * float(lo[0]) - 1.0), min(high, 2.0 * float(hi[0]) - 1.0)
+    if paired.n >= criteria.min_samples:
         base_acc = (paired.both_correct + paired.baseline_only) / paired.n
         cand_acc = (paired.both_correct + paired.candidate_only) / paired.n
         counts, source = (paired.n, paired.n), f" ({paired.n} shadow pairs)"
     else:
-        method = f"unpaired betting confidence sequences per arm (Waudby-Smith & Ramdas 2024), alpha {alpha:.4g}"
-        counts = (base.labelled, cand.labelled)
-        if min(counts) < criteria.min_samples:
-            return _not_enough("accuracy", limit, method, counts, criteria.min_samples, "labelled predictions")
-        low, high = float(lo[1] - hi[0]), float(hi[1] - lo[0])
         base_acc, cand_acc = base.correct / base.labelled, cand.correct / cand.labelled
-        source = f" ({counts[0]} and {counts[1]} labelled, unpaired)"
-    estimate = cand_acc - base_acc
+        counts, source = labelled, f" ({labelled[0]} and {labelled[1]} labelled, unpaired)"
+    if low > high:  # only if one sequence missed (rare) or shadow and served traffic differ: say so, decide nothing
+        return CriterionResult(
+            criterion="accuracy", verdict=Verdict.UNDECIDED, estimate=cand_acc - base_acc, ci_low=None,
+            ci_high=None, threshold=limit, baseline_value=base_acc, candidate_value=cand_acc,
+            baseline_n=counts[0], candidate_n=counts[1], method=method,
+            message=(f"accuracy: shadow pairs and served traffic disagree (paired {_points(2 * float(lo[0]) - 1)} to "
+                     f"{_points(2 * float(hi[0]) - 1)} points, unpaired {_points(float(lo[2] - hi[1]))} to "
+                     f"{_points(float(hi[2] - lo[1]))}): not decided yet"),
+        )
+    estimate = min(max(cand_acc - base_acc, low), high)  # the point of the interval nearest the raw difference
     verdict = _lower_limit_verdict(low, high, limit)
     return CriterionResult(
         criterion="accuracy", verdict=verdict, estimate=estimate, ci_low=low, ci_high=high, threshold=limit,

@@ -175,6 +175,29 @@ def test_three_point_drop_fails_and_paired_test_is_tighter_than_unpaired() -> No
     assert with_pairs.ci_high - with_pairs.ci_low < (unpaired.ci_high - unpaired.ci_low) / 2
 
 
+def test_served_labels_still_decide_when_shadow_pairs_stop_short() -> None:
+    obs = healthy_pair(n=20_000)
+    stalled = PairedCounts(both_correct=130, baseline_only=3, candidate_only=2, neither=15)  # shadow step ended early
+    dropped = Observations(
+        arm(obs.baseline.latency_ms, memory=obs.baseline.memory_bytes, labelled=20_000, correct=18_000),
+        arm(obs.candidate.latency_ms, memory=obs.candidate.memory_bytes, labelled=20_000, correct=17_000),
+        stalled)
+    result = by_name(evaluate(Criteria(), dropped))["accuracy"]
+    assert result.verdict is Verdict.FAIL
+    assert result.message.endswith("(20000 and 20000 labelled, unpaired): fails")
+
+
+def test_shadow_and_served_traffic_that_disagree_decide_nothing() -> None:
+    obs = healthy_pair(n=20_000)  # pairs say "no change" on 20,000 requests
+    served = Observations(
+        arm(obs.baseline.latency_ms, memory=obs.baseline.memory_bytes, labelled=20_000, correct=18_000),
+        arm(obs.candidate.latency_ms, memory=obs.candidate.memory_bytes, labelled=20_000, correct=15_000),
+        obs.paired)
+    result = by_name(evaluate(Criteria(), served))["accuracy"]
+    assert result.verdict is Verdict.UNDECIDED
+    assert "shadow pairs and served traffic disagree" in result.message
+
+
 def test_error_burst_fails_the_guardrail_at_the_first_verdict() -> None:
     result = by_name(evaluate(Criteria(), healthy_pair(n=200, cand_errors=40)))["errors"]
     assert result.verdict is Verdict.FAIL
