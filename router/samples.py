@@ -33,10 +33,10 @@ def compact_prediction(outputs: dict[str, np.ndarray[Any, Any]] | None) -> list[
         return None
     for array in outputs.values():
         if array.dtype.kind in "iu" and (array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1)):
-            return [int(x) for x in array.reshape(-1)]
+            return array.reshape(-1).tolist()  # type: ignore[no-any-return]
     for array in outputs.values():
         if array.dtype.kind == "f" and array.ndim == 2 and array.shape[1] > 1:
-            return [int(x) for x in array.argmax(axis=1)]
+            return array.argmax(axis=1).tolist()  # type: ignore[no-any-return]
     return None
 
 

@@ -6,8 +6,9 @@ database rows and asks the artifact store for a verified local path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ class VariantSpec:
     url: str | None = None
     remote_model: str | None = None
     runner: str | None = None  # inline | subprocess; None = the router's default
+    locate: Callable[[], Path] | None = field(default=None, compare=False)  # verified path, resolved at load time
 
 
 class VariantSource(Protocol):
@@ -85,8 +87,9 @@ class CatalogVariantSource:
                 .join(ArtifactRow, ArtifactRow.id == VariantRow.artifact_id)
                 .where(VariantRow.model_id == model_row.id)
             ).all()
+        # The hash check reads the whole file: done only for the variants actually loaded.
         return [
-            VariantSpec(model=model, name=name, role=role, path=Path(self._store.path_of(sha)))
+            VariantSpec(model=model, name=name, role=role, locate=partial(self._store.path_of, sha))
             for name, role, sha, fmt in rows if fmt == "onnx"
         ]
 
@@ -97,14 +100,15 @@ def load_runner(spec: VariantSpec, default_runner: str, threads: int) -> Runner:
         from router.runner_http import HttpRunner
 
         return HttpRunner(spec.url, spec.remote_model or spec.model)
-    if spec.path is None:
+    path = spec.path if spec.path is not None else spec.locate() if spec.locate is not None else None
+    if path is None:
         raise NotFound(f"variant {spec.name!r} of model {spec.model!r} has neither a file nor a URL")
     kind = spec.runner or default_runner
     if kind == "subprocess":
         from router.runner_subprocess import SubprocessRunner
 
-        return SubprocessRunner(spec.path, threads)
-    return InlineRunner(spec.path, threads)
+        return SubprocessRunner(Path(path), threads)
+    return InlineRunner(Path(path), threads)
 
 
 def baseline_of(specs: Sequence[VariantSpec]) -> VariantSpec | None:

@@ -13,8 +13,8 @@ from router.tensors import Signature, TensorSpec
 
 TYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64"]
 SIG = Signature(
-    tuple(TensorSpec(f"in_{t.lower()}", t, (-1, 3)) for t in TYPES) + (TensorSpec("in_bytes", "BYTES", (-1,)),),
-    tuple(TensorSpec(f"out_{t.lower()}", t, (-1, 3)) for t in TYPES) + (TensorSpec("out_bytes", "BYTES", (-1,)),),
+    (*tuple(TensorSpec(f"in_{t.lower()}", t, (-1, 3)) for t in TYPES), TensorSpec("in_bytes", "BYTES", (-1,))),
+    (*tuple(TensorSpec(f"out_{t.lower()}", t, (-1, 3)) for t in TYPES), TensorSpec("out_bytes", "BYTES", (-1,))),
 )
 DIGITS = Signature((TensorSpec("input", "FP32", (-1, 64)),), (TensorSpec("logits", "FP32", (-1, 10)),))
 
