@@ -33,7 +33,7 @@ def compact_prediction(outputs: dict[str, np.ndarray[Any, Any]] | None) -> list[
         return None
     for array in outputs.values():
         if array.dtype.kind in "iu" and (array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1)):
-            return array.reshape(-1).tolist()  # type: ignore[no-any-return]
+            return array.reshape(-1).tolist()
     for array in outputs.values():
         if array.dtype.kind == "f" and array.ndim == 2 and array.shape[1] > 1:
             return array.argmax(axis=1).tolist()  # type: ignore[no-any-return]
