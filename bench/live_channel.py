@@ -81,11 +81,11 @@ def modelroll_read(channel: RedisChannel, expected: int, batch: int) -> int:
     return read
 
 
-def timed(fn: Callable[..., int], *args: Any) -> tuple[float, int]:
-    """Seconds taken and samples handled by one call."""
-    start = time.perf_counter()
+def timed(fn: Callable[..., int], *args: Any) -> tuple[float, float, int]:
+    """Wall seconds, this process's CPU seconds and samples handled by one call."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     handled = fn(*args)
-    return time.perf_counter() - start, handled
+    return time.perf_counter() - start, time.process_time() - cpu_start, handled
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.monotonic() + MAX_SECONDS
     secs = {"raw_append": 0.0, "append": 0.0, "raw_read": 0.0, "read": 0.0}
     counts = {"raw_append": 0, "append": 0, "raw_read": 0, "read": 0}
+    cpu = dict.fromkeys(secs, 0.0)
     try:
         raw = Raw(client, prefix + "raw", n)
         samples = realistic_samples(per_round * rounds)
@@ -120,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                 appends.reverse()
                 reads.reverse()
             for name, fn, fn_args in appends + reads:
-                elapsed, handled = timed(fn, *fn_args, batch)
+                elapsed, cpu_s, handled = timed(fn, *fn_args, batch)
                 secs[name] += elapsed
+                cpu[name] += cpu_s
                 counts[name] += handled
     finally:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
@@ -131,15 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
 
     rate = {name: counts[name] / secs[name] if secs[name] else 0.0 for name in secs}
+    us = {name: cpu[name] / counts[name] * 1e6 if counts[name] else 0.0 for name in secs}
     print(f"live channel on {args.redis_url}: {counts['append']:,} samples of ~{len(payloads[0])} bytes, "
-          f"batches of {batch}, {rounds} alternating rounds")
-    print(f"  append  raw redis-py pipelined XADD (ceiling): {rate['raw_append']:>9,.0f} samples/s")
-    print(f"          modelroll append_samples:              {rate['append']:>9,.0f} samples/s  "
-          f"modelroll/raw = {rate['append'] / rate['raw_append']:.2f}")
-    print(f"  read    raw XREADGROUP + XACK, not decoded:    {rate['raw_read']:>9,.0f} samples/s")
-    print(f"          modelroll read_samples + ack_samples:  {rate['read']:>9,.0f} samples/s  "
-          f"modelroll/raw = {rate['read'] / rate['raw_read']:.2f}  (read back {counts['read']:,} "
-          f"of {counts['append']:,})")
+          f"batches of {batch}, {rounds} alternating rounds; client CPU per sample in brackets")
+    print(f"  append  raw redis-py pipelined XADD (ceiling): {rate['raw_append']:>9,.0f} samples/s "
+          f"[{us['raw_append']:.1f} us]")
+    print(f"          modelroll append_samples:              {rate['append']:>9,.0f} samples/s "
+          f"[{us['append']:.1f} us]  modelroll/raw = {rate['append'] / rate['raw_append']:.2f}")
+    print(f"  read    raw XREADGROUP + XACK, not decoded:    {rate['raw_read']:>9,.0f} samples/s "
+          f"[{us['raw_read']:.1f} us]")
+    print(f"          modelroll read_samples + ack_samples:  {rate['read']:>9,.0f} samples/s "
+          f"[{us['read']:.1f} us]  modelroll/raw = {rate['read'] / rate['raw_read']:.2f}  "
+          f"(read back {counts['read']:,} of {counts['append']:,})")
     ok = counts["read"] == n and rate["append"] >= TARGET_PER_S and rate["read"] >= TARGET_PER_S
     print(f"  target >= {TARGET_PER_S:,} samples/s appended and read back: {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
