@@ -55,8 +55,9 @@ def _soften(recipe: Recipe, records: list[StepRecord]) -> tuple[Recipe | None, s
         if step.technique == "prune":
             amount, heads = round(options["amount"] * 0.6, 4), round(options["heads"] * 0.6, 4)
             if amount >= 0.05 or heads >= 0.05:
-                message = (f"pruned less: amount {options['amount']:g} → {amount:g}, "
-                           f"heads {options['heads']:g} → {heads:g}")
+                message = f"pruned less: amount {options['amount']:g} → {amount:g}"
+                if options["heads"]:
+                    message += f", heads {options['heads']:g} → {heads:g}"
                 return recipe.replace_step(index, step.replace(amount=amount, heads=heads)), message
         elif step.technique == "drop-layers":
             done = next((r.detail for r in records if r.step == str(step)), {})

@@ -104,11 +104,16 @@ def _prepare(src: Path, work: Path, *, pre_process: bool) -> Path:
     if not pre_process:
         return named
     prepared = work / "prepared.onnx"
-    try:
-        # Symbolic shape inference + ORT's basic graph optimizations; quantization sees fused, shaped nodes.
-        quant_pre_process(str(named), str(prepared), skip_symbolic_shape=False)
-    except Exception as exc:  # pre-processing is an optimization: quantize the plain graph if it fails
-        log.warning("quant_pre_process failed, quantizing without it: %s", exc)
+    # Shape inference + ORT's basic graph optimizations; quantization then sees fused, shaped nodes.
+    # Symbolic shape inference gives up on some exports (e.g. BERT's Min(512, seq) position slice):
+    # retry without it, and quantize the plain graph if even that fails (pre-processing only helps).
+    for skip_symbolic in (False, True):
+        try:
+            quant_pre_process(str(named), str(prepared), skip_symbolic_shape=skip_symbolic)
+            break
+        except Exception as exc:  # any failure here only means "no pre-processing"
+            log.info("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, exc)
+    else:
         return named
     # Pre-processing fuses MatMul+Add into Gemm, which quantize_dynamic would split again under new
     # names (nodes_to_exclude would then miss); split it here once, so names stay stable.

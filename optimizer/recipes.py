@@ -102,6 +102,11 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
         Param("exclude", int, 0, 0, 10_000, help="keep this many most sensitive weight nodes in float"),
     ), "INT8 static quantization, QDQ format, calibrated on sample inputs"),
 )}
+# The demo's pair on the digits model, both measured (tests/unit/test_techniques.py): the good one keeps
+# accuracy (97.2 % → 97.2 %) at 1/16 of the size; the bad one, pruned harder and not fine-tuned, loses
+# ~5 points (97.2 % → 92.0 %) while still passing the latency and memory gates.
+GOOD_RECIPE = "prune:0.5,distill,int8"
+BAD_RECIPE = "prune:0.6,int8"
 ALIASES = {"int8-dynamic": "int8", "dynamic": "int8", "static": "int8-static", "drop": "drop-layers"}
 
 

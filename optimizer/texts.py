@@ -8,6 +8,7 @@ into "calibration" and "eval".
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import os
 import re
@@ -50,14 +51,15 @@ def _sentences(doc: str) -> list[str]:
     return out
 
 
-def _all_sentences(stdlib: Path) -> list[str]:
+@functools.lru_cache(maxsize=2)  # pure function of a read-only folder; parsing it takes ~2 s
+def _all_sentences(stdlib: Path) -> tuple[str, ...]:
     seen: dict[str, str] = {}
     for path in sorted(stdlib.glob("*.py")):
         for doc in _docstrings(path.read_text(encoding="utf-8", errors="replace")):
             for sentence in _sentences(doc):
                 seen.setdefault(sentence.lower(), sentence)
     # Order by content hash: deterministic, and mixes modules so any prefix covers many topics.
-    return sorted(seen.values(), key=lambda s: hashlib.sha256(s.encode()).hexdigest())
+    return tuple(sorted(seen.values(), key=lambda s: hashlib.sha256(s.encode()).hexdigest()))
 
 
 def text_corpus(n: int = 512, split: str = "eval", stdlib: Path | None = None) -> list[str]:
