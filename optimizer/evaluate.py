@@ -193,7 +193,7 @@ def score(outputs: np.ndarray, *, labels: np.ndarray | None, reference: np.ndarr
             raise ValueError("an embedding model without labels is scored against the baseline's outputs: none given")
         cosine = float(np.mean(np.sum(_normalized(outputs) * _normalized(reference), axis=1)))
         nn = float(np.mean(nearest_neighbours(outputs) == nearest_neighbours(reference))) if rows > 1 else 1.0
-        return QualityFigures("nn_agreement", rows, cosine_mean=cosine, nn_agreement=nn)
+        return QualityFigures("cosine_mean", rows, cosine_mean=cosine, nn_agreement=nn)
     top1 = np.argmax(outputs, axis=1)
     agreement = float(np.mean(top1 == np.argmax(reference, axis=1))) if reference is not None else None
     if labels is not None:

@@ -9,7 +9,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-QUALITY_METRICS = ("accuracy", "top1_agreement", "nn_agreement")
+# What the accuracy gate reads: accuracy on labels; else top-1 agreement (classifiers) or the mean cosine to
+# the baseline's embedding (encoders). Nearest-neighbour agreement is shown beside, never gated: on an
+# unlabelled set most items have near-tied neighbours, so it mostly measures tie-breaking.
+QUALITY_METRICS = ("accuracy", "top1_agreement", "cosine_mean", "nn_agreement")
 
 
 @dataclass(frozen=True, slots=True)

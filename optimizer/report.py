@@ -187,7 +187,7 @@ def lines(report: CandidateReport) -> list[Line]:
     out.append(Line("runtime memory before load", fmt_bytes(base.runtime_bytes), fmt_bytes(cand.runtime_bytes),
                     "same runtime, not the model's cost"))
     if base.quality is not None and cand.quality is not None:
-        for metric in ("accuracy", "top1_agreement", "nn_agreement", "cosine_mean"):
+        for metric in ("accuracy", "top1_agreement", "cosine_mean", "nn_agreement"):
             bv, cv = getattr(base.quality, metric), getattr(cand.quality, metric)
             if bv is None or cv is None:
                 continue

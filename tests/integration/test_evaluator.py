@@ -100,7 +100,8 @@ def test_agreement_with_baseline_when_there_are_no_labels(tmp_path: Path,
     mlp(tmp_path / "cand.onnx", 128, output="embedding", out_dim=32, noise=0.05)
     base = evaluate(tmp_path / "base.onnx", unlabelled, QUICK)
     assert base.ok and base.figures is not None and base.figures.quality is not None
-    assert base.figures.quality.metric == "nn_agreement" and base.figures.quality.nn_agreement == 1.0
+    assert base.figures.quality.metric == "cosine_mean" and base.figures.quality.nn_agreement == 1.0
+    assert base.figures.quality.value == pytest.approx(1.0)
     cand = evaluate(tmp_path / "cand.onnx", unlabelled, QUICK, reference=base.outputs)
     assert cand.ok and cand.figures is not None and cand.figures.quality is not None
     assert 0.5 < cand.figures.quality.cosine_mean < 0.9999  # type: ignore[operator]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
@@ -124,3 +125,20 @@ def test_markdown_and_rich_show_every_candidate_with_its_verdict() -> None:
         console.print(table)
     text = console.export_text()
     assert text.count("metric") == 3 and "60.0% lower" in text
+
+
+def test_embedding_quality_gate_reads_the_mean_cosine_and_shows_nn_agreement_beside() -> None:
+    cand_quality = QualityFigures("cosine_mean", 512, cosine_mean=0.9927, nn_agreement=0.83)
+    cand = figures(p50=1.6, p95=2.0, memory_mib=30, size_mib=23, accuracy=0.0)
+    base = replace(BASE, quality=QualityFigures("cosine_mean", 512, cosine_mean=1.0, nn_agreement=1.0))
+    cand = replace(cand, quality=cand_quality)
+    gate = next(g for g in evaluate_gates(base, cand, Criteria(accuracy_drop_max=0.01)) if g.name == "accuracy")
+    assert gate.passed and gate.value == pytest.approx(0.0073)
+    assert not next(g for g in evaluate_gates(base, cand, Criteria(accuracy_drop_max=0.005))
+                    if g.name == "accuracy").passed
+    rows = {line.metric: line for line in lines(CandidateReport("int8", {}, "measured", base, cand,
+                                                                 evaluate_gates(base, cand, Criteria())))}
+    assert rows["cosine mean with baseline"].optimized == "0.9927"
+    assert rows["cosine mean with baseline"].gate.startswith("pass")
+    assert rows["nn agreement with baseline"].improvement == "-17.00 points"
+    assert rows["nn agreement with baseline"].gate == ""
