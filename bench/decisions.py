@@ -42,6 +42,7 @@ class Scenario:
     baseline_only: float = 0.015  # share of requests only the baseline answers correctly
     candidate_only: float = 0.015  # share only the candidate answers correctly
     candidate_error_rate: float = BASE_ERROR_RATE
+    shadow: bool = True  # both arms answer every request (labelled shadow pairs); False: split traffic, no pairs
     truth: str = "good"  # what a perfect judge does: "good" promotes, "bad" rolls back, "boundary" never promotes
 
 
@@ -51,6 +52,8 @@ SCENARIOS = (
     Scenario("latency slightly slow (0.55×)", latency_ratio=0.55, truth="bad"),
     Scenario("accuracy −3 points (budget 2)", baseline_only=0.04, candidate_only=0.01, truth="bad"),
     Scenario("accuracy at budget (−2 points)", baseline_only=0.035, candidate_only=0.015, truth="boundary"),
+    Scenario("accuracy at budget, split traffic", baseline_only=0.035, candidate_only=0.015, shadow=False,
+             truth="boundary"),
     Scenario("broken: 20% errors", candidate_error_rate=0.20, truth="bad"),
 )
 
@@ -100,10 +103,14 @@ def simulate(s: Scenario, rng: np.random.Generator) -> Run:
     both_right = BASE_ACCURACY - s.baseline_only
     kind = rng.choice(4, size=n, p=[both_right, s.baseline_only, s.candidate_only,
                                      1.0 - both_right - s.baseline_only - s.candidate_only])
-    paired_ok = ok["baseline"] & ok["candidate"]
     pairs = np.zeros((n + 1, 4), dtype=np.int64)
-    pairs[1:] = np.cumsum(np.eye(4, dtype=np.int64)[kind] * paired_ok[:, None], axis=0)
-    right = {"baseline": (kind == 0) | (kind == 1), "candidate": (kind == 0) | (kind == 2)}
+    if s.shadow:
+        paired_ok = ok["baseline"] & ok["candidate"]
+        pairs[1:] = np.cumsum(np.eye(4, dtype=np.int64)[kind] * paired_ok[:, None], axis=0)
+        right = {"baseline": (kind == 0) | (kind == 1), "candidate": (kind == 0) | (kind == 2)}
+    else:  # different requests: each arm right or wrong independently, at the same accuracies
+        right = {"baseline": rng.random(n) < BASE_ACCURACY,
+                 "candidate": rng.random(n) < BASE_ACCURACY - s.baseline_only + s.candidate_only}
     latency = {"baseline": _latencies(rng, n, 1.0), "candidate": _latencies(rng, n, s.latency_ratio)}
     memory_level = {"baseline": BASE_MEMORY_BYTES, "candidate": BASE_MEMORY_BYTES * s.memory_ratio}
     return Run(
@@ -242,13 +249,14 @@ def main() -> int:
     criteria = Criteria()
     judges = {"modelroll": modelroll_judge(criteria), "kayenta-style": kayenta_judge(criteria),
               "flagger-style": flagger_judge(criteria)}
-    print(f"decisions: {args.reps} runs per scenario, a look every {BATCH} requests per arm (shadow pairs, "
-          f"every answer labelled), horizon {HORIZON} per arm, alpha {criteria.alpha}, seed {args.seed}")
+    print(f"decisions: {args.reps} runs per scenario, a look every {BATCH} requests per arm (shadow pairs unless "
+          f"split traffic, every answer labelled), horizon {HORIZON} per arm, alpha {criteria.alpha}, "
+          f"seed {args.seed}")
     print(f"criteria: latency ≤ {criteria.latency_ratio_max:.2f}× (p50, p95), "
           f"memory ≤ {criteria.memory_ratio_max:.2f}×, accuracy ≥ −{criteria.accuracy_drop_max * 100:.0f} points, "
           "errors ≤ baseline + "
           f"{criteria.error_rate_tolerance * 100:.0f} points, min {criteria.min_samples} samples per arm")
-    print(f"{'scenario':32} {'judge':14} {'promote':>7} {'rollback':>8} {'undecided':>9} "
+    print(f"{'scenario':34} {'judge':14} {'promote':>7} {'rollback':>8} {'undecided':>9} "
           f"{'median n':>8} {'p90 n':>7}")
     results: dict[tuple[str, str], Tally] = {}
     started = time.perf_counter()
@@ -262,7 +270,7 @@ def main() -> int:
         for name, tally in tallies.items():
             results[(scenario.name, name)] = tally
             decided = tally.promoted or tally.rolled_back
-            print(f"{scenario.name:32} {name:14} {_pct(len(tally.promoted), args.reps):>7} "
+            print(f"{scenario.name:34} {name:14} {_pct(len(tally.promoted), args.reps):>7} "
                   f"{_pct(len(tally.rolled_back), args.reps):>8} {_pct(tally.undecided, args.reps):>9} "
                   f"{_samples(decided)}")
     print(f"(n = requests per arm when the judge decided, over the runs it decided; "
