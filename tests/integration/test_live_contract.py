@@ -15,8 +15,9 @@ import redis
 from modelroll.errors import InvalidInput, Unavailable
 from modelroll.live import Job, LiveChannel, Sample, SplitConfig, open_channel
 from modelroll.live.memory import MemoryChannel
-from modelroll.live.redis_backend import RedisChannel, decode_sample
+from modelroll.live.redis_backend import RedisChannel
 from modelroll.live.redis_watch import RedisSplitWatcher
+from modelroll.live.sample_codec import decode_sample, decode_samples
 from modelroll.settings import Settings
 
 MakeChannel = Callable[..., LiveChannel]
@@ -216,6 +217,15 @@ def test_prediction_is_taken_once(channel: LiveChannel) -> None:
     assert channel.take_prediction("never-stored") is None
 
 
+def test_predictions_stored_in_a_batch_are_each_taken_once(channel: LiveChannel) -> None:
+    channel.put_predictions([(f"req-{i}", f"record-{i}".encode()) for i in range(1500)], ttl_s=30)
+    assert channel.take_prediction("req-0") == b"record-0"
+    assert channel.take_prediction("req-1499") == b"record-1499"
+    assert channel.take_prediction("req-1499") is None
+    with pytest.raises(InvalidInput, match="ttl_s"):
+        channel.put_predictions([("bad", b"x")], ttl_s=-1)
+
+
 def test_prediction_expires_after_its_ttl(channel: LiveChannel) -> None:
     channel.put_prediction("short", b"a", ttl_s=0.2)
     channel.put_prediction("long", b"b", ttl_s=30)
@@ -341,6 +351,7 @@ def every_call(channel: LiveChannel) -> dict[str, Callable[[], object]]:
         "ack_samples": lambda: channel.ack_samples("g", ["1-0"]),
         "trimmed_samples": channel.trimmed_samples,
         "put_prediction": lambda: channel.put_prediction("r", b"x", ttl_s=10),
+        "put_predictions": lambda: channel.put_predictions([("r", b"x")], ttl_s=10),
         "take_prediction": lambda: channel.take_prediction("r"),
         "enqueue_job": lambda: channel.enqueue_job("optimize", b"x"),
         "claim_job": lambda: channel.claim_job("optimize", "w", visibility_timeout_s=10, max_attempts=3),
@@ -356,7 +367,7 @@ def test_every_call_on_unreachable_redis_raises_unavailable_quickly() -> None:
     channel = RedisChannel(CLOSED, prefix="modelroll-test-closed:", timeout_s=1.0)
     try:
         calls = every_call(channel)
-        assert set(calls) | {"watch_splits", "close"} == set(LiveChannel.__abstractmethods__)
+        assert set(calls) | {"watch_splits", "close"} == set(LiveChannel.__abstractmethods__) | {"put_predictions"}
         for name, call in calls.items():
             start = time.monotonic()
             with pytest.raises(Unavailable) as caught:
@@ -517,3 +528,7 @@ def test_fast_sample_decoding_equals_the_checked_path() -> None:
     assert decode_sample(older) == Sample("request", "digits", "int8", 1.0)
     with pytest.raises(TypeError):
         decode_sample(b'{"kind":"request","model":"digits","variant":"int8","ts":1.0,"nonsense":1}')
+    assert decode_samples([full.to_bytes(), sample(4).to_bytes()]) == [full, sample(4)]
+    assert decode_samples([full.to_bytes(), older]) is None  # the caller falls back to one by one
+    assert decode_samples([full.to_bytes(), b"1,2"]) is None
+    assert decode_samples([full.to_bytes(), b"not json"]) is None
