@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from modelroll.errors import InvalidInput
+from modelroll.errors import InvalidInput, Unavailable
 from modelroll.types import Criteria, criteria_from_dict
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def _ensure_model(session: Session, settings: Settings, model: str, name: str | 
     return model_name, baseline.source_artifact_id is not None
 
 
-def _wait(sessions: sessionmaker[Session], job_id: int) -> None:
+def _wait(sessions: sessionmaker[Session], job_id: int, worker: threading.Thread | None = None) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -126,6 +126,8 @@ def _wait(sessions: sessionmaker[Session], job_id: int) -> None:
             progress.update(task, completed=fraction * 100, description=message)
             if status in TERMINAL_STATES:
                 return
+            if worker is not None and not worker.is_alive():
+                raise Unavailable(f"the in-process worker stopped before job {job_id} finished: see the log above")
             time.sleep(POLL_S)
 
 
@@ -155,6 +157,8 @@ def _run_embedded(settings: Settings, channel: Any, sessions: sessionmaker[Sessi
     from modelroll.jobs import TERMINAL_STATES
     from optimizer.worker import run_worker
 
+    # This process is the only worker: a crashed attempt can be retried as soon as it is noticed.
+    settings = settings.model_copy(update={"job_visibility_timeout_s": 1.0})
     stop = threading.Event()
 
     def done() -> None:
@@ -167,7 +171,7 @@ def _run_embedded(settings: Settings, channel: Any, sessions: sessionmaker[Sessi
                               kwargs={"serve_metrics": False, "on_idle": done}, daemon=True, name="worker")
     thread.start()
     try:
-        _wait(sessions, job_id)
+        _wait(sessions, job_id, thread)
     finally:
         stop.set()
         thread.join(timeout=30)

@@ -98,7 +98,12 @@ class Worker:
                     self.on_idle()
                 self.stop.wait(self.poll_interval_s)
                 continue
-            self.handle(job)
+            try:
+                self.handle(job)
+            except Exception as exc:  # a backend failing mid-job: the claim expires and the job is retried
+                self.metrics.errors.labels(kind=type(exc).__name__).inc()
+                log.exception("worker could not handle queue entry %s; it will be redelivered", job.id)
+                self.stop.wait(min(5.0, self.poll_interval_s * 4))
         log.info("worker stopped consumer=%s", self.consumer)
 
     def _sweep(self) -> None:
