@@ -97,7 +97,9 @@ def load_settings() -> Settings:
         )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     # Alembic narrates every connection at INFO; the db verbs print the outcome themselves.
-    logging.getLogger("alembic").setLevel(level if level <= logging.DEBUG else logging.WARNING)
+    # So do httpx (one line per request) and onnxruntime's quantizer (through the root logger).
+    for chatty in ("alembic", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(level if level <= logging.DEBUG else logging.WARNING)
     return settings
 
 
@@ -253,7 +255,6 @@ def main() -> None:
 # Inside a verb: `settings_of(ctx)` for the Settings, `session_scope(settings)` for the database;
 # raise modelroll errors, ModelrollGroup prints them. Keep heavy imports (torch, onnxruntime)
 # inside the verb functions so `modelroll --help` stays fast.
-# To come: optimize, worker (optimizer/) · router (router/) · controller, rollout, tokens (controller/) · up, demo.
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 
@@ -268,3 +269,7 @@ _register_controller(app)
 from optimizer.cli import register as _register_optimizer  # noqa: E402
 
 _register_optimizer(app)
+
+from modelroll.cli_up import register as _register_up  # noqa: E402
+
+_register_up(app)

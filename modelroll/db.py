@@ -207,7 +207,7 @@ class SampleWindowRow(Base):
     latency_sum_ms: Mapped[float] = mapped_column(Float, default=0.0)
     cpu_sum_ms: Mapped[float] = mapped_column(Float, default=0.0)
     memory_bytes_max: Mapped[int] = mapped_column(BigInteger, default=0)
-    data: Mapped[dict[str, Any]] = mapped_column(default=dict)  # latency samples/histogram, paired counts, memory series
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)  # raw latencies, memory readings, labels
 
 
 class ApiTokenRow(Base):

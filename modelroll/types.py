@@ -37,12 +37,12 @@ def _check_fraction(name: str, value: float, *, low: float = 0.0, high: float = 
     return float(value)
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     BASELINE = "baseline"
     CANDIDATE = "candidate"
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     PENDING = "pending"
     SHADOW = "shadow"
     PROGRESSING = "progressing"
@@ -60,13 +60,13 @@ class Phase(str, enum.Enum):
 TERMINAL_PHASES = frozenset({Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED})
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     PASS = "pass"
     FAIL = "fail"
     UNDECIDED = "undecided"
 
 
-class DeadlinePolicy(str, enum.Enum):
+class DeadlinePolicy(enum.StrEnum):
     """What to do when a step's max duration passes with a criterion still undecided."""
 
     HOLD = "hold"
@@ -138,7 +138,8 @@ class Step:
     def __post_init__(self) -> None:
         object.__setattr__(self, "weight_pct", _check_fraction("weight_pct", self.weight_pct, high=100.0))
         if self.shadow and self.weight_pct != 0:
-            raise InvalidInput(f"a shadow step serves no candidate traffic: weight_pct must be 0, got {self.weight_pct}")
+            raise InvalidInput(
+                f"a shadow step serves no candidate traffic: weight_pct must be 0, got {self.weight_pct}")
         if not self.shadow and self.weight_pct == 0:
             raise InvalidInput("a step with weight_pct 0 must be a shadow step (shadow: true)")
         if self.min_duration_s < 0:
@@ -217,7 +218,8 @@ class RolloutSpec:
             if required not in data:
                 raise InvalidInput(f"rollout spec needs {required!r}")
         raw_steps = data.get("steps")
-        steps = DEFAULT_STEPS if raw_steps is None else tuple(step_from_dict(s, i) for i, s in enumerate(_seq("steps", raw_steps)))
+        steps = DEFAULT_STEPS if raw_steps is None else tuple(
+            step_from_dict(s, i) for i, s in enumerate(_seq("steps", raw_steps)))
         criteria = criteria_from_dict(data.get("criteria") or {})
         try:
             on_deadline = DeadlinePolicy(data.get("on_deadline", "hold"))
