@@ -3,16 +3,11 @@ over within the lease, and the rollout finishes with every transition recorded e
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,54 +17,12 @@ from modelroll import migrate
 from modelroll.db import RolloutEventRow, SampleWindowRow, make_engine, make_session_factory
 from modelroll.live import open_channel
 from modelroll.settings import Settings
+from tests.e2e.processes import Controller, cli, wait_for
 from tests.integration.controller_world import good_samples, seed
 
 pytestmark = pytest.mark.timeout(180)
 
 LEASE_S = 2.0
-MODELROLL = str(Path(sys.executable).parent / "modelroll")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-class Controller:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen([MODELROLL, "controller", "--port", str(self.port)], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def leading(self) -> bool:
-        r = httpx.get(f"{self.url}/readyz", timeout=2)
-        return bool(r.json()["checks"]["leader"]["leading"])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
 
 
 @pytest.fixture()
@@ -95,12 +48,6 @@ def controllers(env: dict[str, str], tmp_path: Path) -> Iterator[list[Controller
 
 def phase(c: Controller, rollout_id: int) -> str:
     return str(httpx.get(f"{c.url}/v1/rollouts/{rollout_id}", timeout=2).json()["phase"])
-
-
-def cli(env: dict[str, str], *args: str) -> Any:
-    out = subprocess.run([MODELROLL, *args, "--json"], env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
 
 
 def test_leader_killed_standby_takes_over_with_no_lost_or_duplicated_transition(

@@ -1,0 +1,184 @@
+"""Real processes on loopback for the end-to-end tests: `modelroll` services and a private redis-server.
+
+Each one logs to a file, answers a readiness poll with a deadline, and stops with SIGTERM (SIGKILL after a grace).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MODELROLL = str(Path(sys.executable).parent / "modelroll")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy (HTTP errors count as not yet); fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def cli(env: Mapping[str, str], *args: str) -> Any:
+    """Run `modelroll ARGS --json` and return its JSON answer (fails the test on a non-zero exit)."""
+    out = subprocess.run([MODELROLL, *args, "--json"], env=dict(env), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of one Prometheus sample in an exposition text (labels matched as given), or None."""
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        rest = head[len(name):]
+        if rest and not rest.startswith("{"):
+            continue  # a longer metric name with the same prefix
+        found = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+class Process:
+    """One subprocess with its own log file."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(args, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def ready(self) -> bool:
+        """Subclasses ask the service itself; a bare process is ready while it runs."""
+        self.check_alive()
+        return True
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.log_path.stem} exited {self.proc.returncode}: {self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs (a crashed node)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class Controller(Process):
+    """`modelroll controller`: the ops API and the reconciler (one leader at a time)."""
+
+    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([MODELROLL, "controller", "--port", str(self.port)], env, log)
+
+    def ready(self) -> bool:
+        self.check_alive()
+        return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+
+    def leading(self) -> bool:
+        r = httpx.get(f"{self.url}/readyz", timeout=2)
+        return bool(r.json()["checks"]["leader"]["leading"])
+
+    def leader_metric(self) -> float | None:
+        return metric(httpx.get(f"{self.url}/metrics", timeout=2).text, "modelroll_controller_leader")
+
+
+class Router(Process):
+    """`modelroll router`: the V2 data plane over the catalog (database + shared artifacts)."""
+
+    def __init__(self, env: Mapping[str, str], log: Path, workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([MODELROLL, "router", "--port", str(self.port), "--workers", str(workers)], env, log)
+
+    def readiness(self) -> dict[str, Any]:
+        answer: dict[str, Any] = httpx.get(f"{self.url}/v2/health/ready", timeout=2).json()
+        return answer
+
+    def ready(self) -> bool:
+        self.check_alive()
+        return httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=2).text
+
+
+class Worker(Process):
+    """`modelroll worker`: takes optimization jobs from the Redis queue; /metrics on its own port."""
+
+    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([MODELROLL, "worker"], {**env, "MODELROLL_WORKER_PORT": str(self.port)}, log)
+
+    def ready(self) -> bool:
+        self.check_alive()
+        return httpx.get(f"{self.url}/metrics", timeout=2).status_code == 200
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, without persistence: stopping it disturbs no one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(f"redis-server on port {self.port}", self._accepts, 20)
+
+    def _accepts(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"redis-server on port {self.port} exited {self.proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+            self.proc = None
