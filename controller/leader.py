@@ -2,6 +2,7 @@
 
 `token()` is the fencing token while this process may act as leader; it turns None as soon as a renewal fails
 or the lease would have run out, so a paused process stops on its own even before a fence refuses it.
+With `take_office` the token is the one it returns for the lock's token (controller/fencing.py records it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from modelroll.errors import Unavailable
 from modelroll.live.base import LiveChannel
@@ -20,8 +22,10 @@ LOCK = "controller"
 
 
 class LeaderElector:
-    def __init__(self, channel: LiveChannel, holder: str, lease_s: float, name: str = LOCK) -> None:
+    def __init__(self, channel: LiveChannel, holder: str, lease_s: float, name: str = LOCK,
+                 take_office: Callable[[int], int] | None = None) -> None:
         self.channel = channel
+        self.take_office = take_office
         self.holder = holder
         self.lease_s = lease_s
         self.name = name
@@ -52,6 +56,8 @@ class LeaderElector:
             else:
                 token = self.channel.acquire_lock(self.name, self.holder, self.lease_s)
                 if token is not None:
+                    token = self._enter_office(token)
+                if token is not None:
                     self.elections += 1
                     log.info("became leader holder=%s token=%s", self.holder, token)
         except Unavailable as exc:
@@ -63,6 +69,17 @@ class LeaderElector:
             # Count the lease from before the call: the lock's TTL started no later than that.
             self._valid_until = started + self.lease_s if token is not None else 0.0
             return token
+
+    def _enter_office(self, lock_token: int) -> int | None:
+        if self.take_office is None:
+            return lock_token
+        try:
+            return self.take_office(lock_token)
+        except Exception as exc:  # the database is away: not leading, and another may try meanwhile
+            log.warning("cannot take office holder=%s lock_token=%s why=%s", self.holder, lock_token, exc)
+            with contextlib.suppress(Unavailable):
+                self.channel.release_lock(self.name, self.holder)
+            return None
 
     def step_down(self) -> None:
         with self._lock:

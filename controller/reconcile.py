@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from controller import aggregate, stats
-from controller.fencing import StaleLeader, fenced
+from controller.fencing import StaleLeader, fenced, take_office
 from controller.leader import LeaderElector
 from controller.machine import Evaluation, Transition, result_to_dict, step
 from controller.transitions import (
@@ -72,7 +72,8 @@ class Reconciler:
         self.notifier = notifier
         self.evaluate = evaluate
         self.overall = overall
-        self.elector = LeaderElector(channel, holder or default_holder(), settings.leader_lease_s)
+        self.elector = LeaderElector(channel, holder or default_holder(), settings.leader_lease_s,
+                                     take_office=lambda lock_token: take_office(session_factory, lock_token))
         self.counts: Counter[str] = Counter()  # decisions by event kind, samples folded/skipped, tick errors
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
