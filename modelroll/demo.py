@@ -84,6 +84,9 @@ def demo_settings(settings: Settings, router_port: int | None = None, controller
         "artifacts_dir": settings.effective_artifacts_dir, "admin_token": "mr_demo_" + secrets.token_urlsafe(16),
         "allow_anonymous_viewer": True, "router_host": "127.0.0.1", "controller_host": "127.0.0.1",
         "reconcile_interval_s": min(settings.reconcile_interval_s, 1.0), "job_visibility_timeout_s": 30.0,
+        # Each variant in its own process: its memory is then that process's own, exactly what the memory
+        # gate compares. The inline runner can only estimate it while other threads allocate.
+        "router_runner": "subprocess",
     }
     if router_port is not None:
         update["router_port"] = router_port
