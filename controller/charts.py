@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 
 from markupsafe import Markup
@@ -55,7 +55,9 @@ def line_chart(title: str, series: Mapping[str, Sequence[Point]], fmt: Callable[
     def y(v: float) -> float:
         return PAD_TOP + inner_h - (v - v0) / (v1 - v0) * inner_h
 
-    parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{label}">',
+    # The caption is visible: an SVG <title> alone is only a tooltip, and on-call must see which chart is which.
+    parts = [f'<figcaption class="chart-title">{label}</figcaption>',
+             f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{label}">',
              f"<title>{label}</title>"]
     for tick in _ticks(v0, v1):
         parts.append(f'<line class="grid" x1="{PAD_LEFT}" x2="{WIDTH - PAD_RIGHT}" y1="{y(tick):.1f}" '
@@ -78,12 +80,13 @@ def line_chart(title: str, series: Mapping[str, Sequence[Point]], fmt: Callable[
                      f"<title>{escape(name)}: {escape(fmt(last.value))}</title></circle>")
     parts.append(f'<text class="axis" x="{PAD_LEFT}" y="{HEIGHT - 6}">{escape(_clock(t0))}</text>'
                  f'<text class="axis" x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 6}" text-anchor="end">'
-                 f"{escape(_clock(t1))}</text></svg>")
+                 f"{escape(_clock(t1))} UTC</text></svg>")
     return Markup("".join(parts))
 
 
 def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts).astimezone().strftime("%H:%M:%S")
+    """UTC, like the history's timestamps: the server's local zone means nothing to a reader elsewhere."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
 
 
 def interval_chart(low: float | None, estimate: float | None, high: float | None, threshold: float,
