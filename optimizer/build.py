@@ -22,6 +22,7 @@ from optimizer.prune import count_params, prune
 from optimizer.quantize import QuantizeResult, prepare, quantize_int8_dynamic, quantize_int8_static, weight_nodes
 from optimizer.recipes import Recipe, Step, parse_recipe
 from optimizer.sensitivity import node_sensitivity
+from optimizer.smooth import smooth
 from optimizer.sources import ModelSource, torch_threads
 
 
@@ -108,6 +109,11 @@ def quantize_step(step: Step, float_path: Path, source: ModelSource, out_dir: Pa
     out_dir = Path(out_dir)
     started = time.monotonic()
     options = step.options
+    if options["smooth"]:
+        if not source.calibration:
+            raise InvalidInput(f"{step}: smoothing needs calibration batches and {source.name!r} has none")
+        smoothed = smooth(float_path, out_dir / "smoothed.onnx", source.calibration, alpha=options["smooth"])
+        float_path = smoothed.output_path
     prepared = prepare(float_path, out_dir / "prepared.onnx")
     exclude_count = options["exclude"]
     if step.technique == "int8-static" and not source.calibration:

@@ -1,7 +1,9 @@
 """Short fine-tune of a shrunk model against its baseline's outputs (knowledge distillation), bounded by steps and time.
 
 The teacher's outputs on the calibration batches are the only targets: no labels are needed.
-Loss: MSE on logits for the digits MLP; 1 - cosine plus MSE on mean-pooled embeddings for encoders.
+Loss: MSE on logits for the digits MLP. For encoders: 1 - cosine plus MSE on the mean-pooled
+embeddings, plus 1 - cosine of every real token's last hidden state, which gives each sentence
+dozens of targets instead of one (pruning keeps the token layout, so they line up).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from modelroll.errors import InvalidInput
-from optimizer.sources import SentenceEncoder, torch_threads
+from optimizer.sources import SentenceEncoder, mean_pool, torch_threads
 
 DEFAULT_LR = {"mlp": 1e-3, "encoder": 1e-4}
 
@@ -33,12 +35,26 @@ class DistillResult:
     loss_after: float
 
 
-def _loss(student_out: torch.Tensor, teacher_out: torch.Tensor, encoder: bool) -> torch.Tensor:
-    mse = nn.functional.mse_loss(student_out, teacher_out)
+Outputs = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _forward(model: nn.Module, batch: dict[str, torch.Tensor], encoder: bool) -> Outputs:
     if not encoder:
+        return model(**batch), None
+    bert: Any = getattr(model, "bert")  # noqa: B009 - nn.Module attributes are untyped
+    hidden = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return mean_pool(hidden, batch["attention_mask"]), hidden
+
+
+def _loss(student: Outputs, teacher: Outputs, mask: torch.Tensor | None) -> torch.Tensor:
+    mse = nn.functional.mse_loss(student[0], teacher[0])
+    if student[1] is None or teacher[1] is None or mask is None:
         return mse
-    cosine = nn.functional.cosine_similarity(student_out, teacher_out, dim=-1).mean()
-    return (1.0 - cosine) + mse
+    cosine = nn.functional.cosine_similarity(student[0], teacher[0], dim=-1).mean()
+    weights = mask.to(student[1].dtype)
+    tokens = nn.functional.cosine_similarity(student[1], teacher[1], dim=-1)
+    token_cosine = (tokens * weights).sum() / weights.sum().clamp(min=1.0)
+    return (1.0 - cosine) + mse + (1.0 - token_cosine)
 
 
 def _minibatches(feeds: Sequence[dict[str, np.ndarray]], rows: int) -> list[dict[str, torch.Tensor]]:
@@ -50,10 +66,11 @@ def _minibatches(feeds: Sequence[dict[str, np.ndarray]], rows: int) -> list[dict
     return out
 
 
-def _mean_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], targets: list[torch.Tensor],
+def _mean_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], targets: list[Outputs],
                encoder: bool) -> float:
     with torch.no_grad():
-        return float(np.mean([_loss(model(**b), t, encoder).item() for b, t in zip(batches, targets, strict=True)]))
+        return float(np.mean([_loss(_forward(model, b, encoder), t, b.get("attention_mask")).item()
+                              for b, t in zip(batches, targets, strict=True)]))
 
 
 def distill(student: nn.Module, teacher: nn.Module, feeds: Sequence[dict[str, np.ndarray]], *,
@@ -75,7 +92,7 @@ def distill(student: nn.Module, teacher: nn.Module, feeds: Sequence[dict[str, np
     teacher.eval()
     batches = _minibatches(feeds, batch_rows)
     with torch.no_grad():
-        targets = [teacher(**b) for b in batches]
+        targets = [_forward(teacher, b, encoder) for b in batches]
     if encoder:
         frozen: Any = model.bert
         frozen.embeddings.word_embeddings.weight.requires_grad_(False)
@@ -93,14 +110,15 @@ def distill(student: nn.Module, teacher: nn.Module, feeds: Sequence[dict[str, np
 
 
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
-           batches: list[dict[str, torch.Tensor]], targets: list[torch.Tensor], encoder: bool, steps: int,
+           batches: list[dict[str, torch.Tensor]], targets: list[Outputs], encoder: bool, steps: int,
            max_seconds: float, seed: int) -> tuple[int, float]:
     generator = torch.Generator().manual_seed(seed)
     started = time.monotonic()
     done = 0
     while done < steps and time.monotonic() - started < max_seconds:
         for index in torch.randperm(len(batches), generator=generator).tolist():
-            loss = _loss(model(**batches[index]), targets[index], encoder)
+            batch = batches[index]
+            loss = _loss(_forward(model, batch, encoder), targets[index], batch.get("attention_mask"))
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

@@ -72,7 +72,9 @@ def weight_nodes(path: Path) -> list[str]:
     """Names of nodes that carry a constant weight (MatMul/Gemm/Conv/Gather with an initializer input)."""
     model = onnx.load(str(path), load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
-    return [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS and any(i in initializers for i in n.input)]
+    # A Gather's weight is its data (input 0); a Gather of constant indices from a tensor is a shape op.
+    return [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS
+            and (n.input[0] in initializers if n.op_type == "Gather" else any(i in initializers for i in n.input))]
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:

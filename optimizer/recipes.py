@@ -95,11 +95,13 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     Technique("int8", "onnx", (
         Param("per_channel", bool, False, help="one scale per output channel"),
         Param("exclude", int, 0, 0, 10_000, help="keep this many most sensitive weight nodes in float"),
+        Param("smooth", float, 0.0, 0.0, 1.0, True, help="SmoothQuant alpha before quantizing, 0 = off"),
     ), "INT8 dynamic quantization (onnxruntime quantize_dynamic)"),
     Technique("int8-static", "onnx", (
         Param("method", str, "minmax", choices=("minmax", "entropy", "percentile"), help="calibration"),
         Param("per_channel", bool, True, help="one scale per output channel"),
         Param("exclude", int, 0, 0, 10_000, help="keep this many most sensitive weight nodes in float"),
+        Param("smooth", float, 0.0, 0.0, 1.0, True, help="SmoothQuant alpha before quantizing, 0 = off"),
     ), "INT8 static quantization, QDQ format, calibrated on sample inputs"),
 )}
 # The demo's pair on the digits model, both measured (tests/unit/test_techniques.py): the good one keeps

@@ -242,9 +242,14 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled: torch.Tensor = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return pooled
+        return mean_pool(hidden, attention_mask)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the real tokens' hidden states (sentence-transformers' pooling): [batch, seq, h] -> [batch, h]."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled: torch.Tensor = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return pooled
 
 
 def minilm_dir() -> Path:

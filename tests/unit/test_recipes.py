@@ -24,7 +24,7 @@ def test_recipes_parse_to_steps_with_every_parameter_and_print_back() -> None:
     recipe = parse_recipe("prune:0.5:heads=0.25, drop-layers, distill:steps=50, int8-static:entropy:per_channel=false")
     assert [s.technique for s in recipe.steps] == ["prune", "drop-layers", "distill", "int8-static"]
     assert recipe.steps[0].options == {"amount": 0.5, "heads": 0.25}
-    assert recipe.steps[3].options == {"method": "entropy", "per_channel": False, "exclude": 0}
+    assert recipe.steps[3].options == {"method": "entropy", "per_channel": False, "exclude": 0, "smooth": 0.0}
     assert parse_recipe(str(recipe)) == recipe
     assert parse_recipe("int8-dynamic:per_channel").steps[0].options["per_channel"] is True
     assert recipe_slug(parse_recipe("prune:0.5,distill,int8")) == "prune0.5-distill-int8"

@@ -18,6 +18,7 @@ from optimizer.layers import drop_layers
 from optimizer.prune import prune
 from optimizer.quantize import quantize_int8_dynamic, quantize_int8_static, weight_nodes
 from optimizer.recipes import BAD_RECIPE, GOOD_RECIPE, build
+from optimizer.smooth import smooth
 from optimizer.sources import (
     DigitsMLP,
     DigitsModel,
@@ -142,6 +143,20 @@ def test_excluded_nodes_stay_float_and_unknown_names_are_refused(digits: DigitsM
         quantize_int8_static(prepared, tmp_path / "q3.onnx", [{"input": digits.eval_inputs}], method="magic")
 
 
+def test_smoothing_keeps_the_float_function_and_moves_scales_into_the_weights(
+        digits: DigitsModel, digits_src: ModelSource, tmp_path: Path) -> None:
+    result = smooth(digits.onnx_path, tmp_path / "s.onnx", digits_src.calibration, alpha=0.5)
+    assert result.groups == 5 and result.matmuls == 5
+    ops = [n.op_type for n in onnx.load(str(result.output_path)).graph.node]
+    assert ops.count("Mul") == 5
+    inputs = digits.eval_inputs
+    np.testing.assert_allclose(session(result.output_path).run(None, {"input": inputs})[0],
+                               session(digits.onnx_path).run(None, {"input": inputs})[0], rtol=1e-3, atol=1e-3)
+    candidate = build("int8:smooth=0.5", digits_src, tmp_path / "c")
+    assert len(int8_weights(candidate.onnx_path)) == 5
+    assert onnx_accuracy(candidate.onnx_path) >= digits.test_accuracy - 0.01
+
+
 # ---- structured pruning, distillation, layer dropping ----
 
 
@@ -184,6 +199,8 @@ def test_encoder_pruning_removes_heads_and_ffn_neurons_physically(tmp_path: Path
         expected = result.model(**{k: torch.from_numpy(v) for k, v in feeds[1].items()}).numpy()
     np.testing.assert_allclose(session(path).run(None, feeds[1])[0], expected, atol=1e-4)  # other seq/batch
     assert result.kept["layer.0.heads"] == 2 and result.kept["layer.0.ffn"] == 32
+    tuned = distill(result.model, encoder, feeds, steps=30, lr=1e-3)
+    assert tuned.steps == 30 and tuned.loss_after < 0.75 * tuned.loss_before
 
 
 def test_layer_dropping_removes_the_least_sensitive_layer_first() -> None:
@@ -214,3 +231,26 @@ def test_torch_techniques_need_the_torch_model(digits: DigitsModel, tmp_path: Pa
         build("prune:0.5,int8", source, tmp_path)
     with pytest.raises(InvalidInput, match="calibration"):
         build("int8-static", source, tmp_path)
+
+
+@pytest.mark.slow
+def test_minilm_is_exported_as_mean_pooled_embeddings_and_shrinks(tmp_path: Path) -> None:
+    from optimizer.sources import encoder_source, minilm_dir
+
+    source = encoder_source(minilm_dir(), tmp_path / "cache", calibration_texts=64, train_texts=64)
+    info = check_onnx(source.onnx_path)
+    assert info.inputs == ("input_ids", "attention_mask") and info.outputs == ("embedding",)
+    feed = source.calibration[0]
+    baseline = session(source.onnx_path).run(None, feed)[0]
+    assert baseline.shape == (32, 384)
+    assert source.torch_model is not None
+    with torch.no_grad():
+        expected = source.torch_model(**{k: torch.from_numpy(v) for k, v in feed.items()}).numpy()
+    np.testing.assert_allclose(baseline, expected, atol=1e-4)
+    candidate = build("drop-layers:0.34,prune:0.5:heads=0.25,int8:per_channel", source, tmp_path / "c")
+    dropped = next(r for r in candidate.records if r.step.startswith("drop-layers")).detail["dropped"]
+    assert len(dropped) == 2
+    assert candidate.onnx_path.stat().st_size < 0.3 * source.onnx_path.stat().st_size
+    out = session(candidate.onnx_path).run(None, feed)[0]
+    cosine = (out * baseline).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(baseline, axis=1)
+    assert 0.5 < float(cosine.mean()) < 0.9999  # measured: shrunk without distillation, still related
