@@ -82,7 +82,7 @@ def plain_dynamic_int8(src: Path, dst: Path) -> Path:
 
 def build_candidates(name: str, source: ModelSource, eval_set: EvalSet, reference: np.ndarray, base_quality: float,
                      work: Path, recipes: tuple[str, ...]) -> list[Row]:
-    rows = []
+    rows: list[Row] = []
     quality_config = replace(CONFIG, batch_sizes=(1,))
 
     def quality(path: Path) -> float:
