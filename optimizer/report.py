@@ -13,7 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from modelroll.types import Criteria, criteria_from_dict, criteria_to_dict
-from optimizer.figures import Figures
+from optimizer.figures import Figures, LatencyFigures
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +147,11 @@ def lower_is_better(base: float, cand: float) -> str:
     return f"{abs(1 - ratio):.1%} {word} ({ratio:.2f}×)"
 
 
+def _share(latency: LatencyFigures, threads: int) -> float:
+    """CPU time over the wall time the threads could have used: ~1 on a quiet machine."""
+    return latency.cpu_ms / (latency.mean_ms * threads) if latency.mean_ms > 0 else 0.0
+
+
 def _gate_text(gates: Mapping[str, Gate], name: str) -> str:
     gate = gates.get(name)
     if gate is None:
@@ -174,6 +179,10 @@ def lines(report: CandidateReport) -> list[Line]:
                             _gate_text(gates, gate)))
         out.append(Line(f"CPU per request, batch {b}", fmt_ms(bl.cpu_ms), fmt_ms(cl.cpu_ms),
                         lower_is_better(bl.cpu_ms, cl.cpu_ms)))
+        # The model's threads should own their CPUs while timed; much less means other processes competed.
+        shares = _share(bl, base.threads), _share(cl, cand.threads)
+        out.append(Line(f"CPU share while timed, batch {b}", f"{shares[0]:.0%}", f"{shares[1]:.0%}",
+                        "below 90%: a busy machine inflated latency" if min(shares) < 0.9 else ""))
     for bm in base.memory:
         cm = cand.memory_at(bm.batch_size)
         if cm is None:

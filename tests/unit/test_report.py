@@ -101,6 +101,8 @@ def test_table_has_the_research_report_columns_and_improvements() -> None:
     assert rows["latency p50, batch 1"].improvement.startswith("60.0% lower")
     assert rows["latency p50, batch 1"].gate.startswith("pass")
     assert rows["accuracy"].improvement == "-0.80 points"
+    assert rows["CPU share while timed, batch 1"].original == "93%"
+    assert rows["CPU share while timed, batch 1"].improvement == ""
     assert lines(_job().candidates[2]) == []
 
 
