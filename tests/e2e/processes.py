@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 
 MODELROLL = str(Path(sys.executable).parent / "modelroll")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -69,8 +68,10 @@ class Process:
 
     def __init__(self, args: list[str], env: Mapping[str, str], log: Path) -> None:
         self.log_path = log
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(args, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.log_file = log.open("wb")
+        # Run beside its log: whatever a process writes to its working directory stays out of the repository.
+        self.proc = subprocess.Popen(args, env=dict(env), stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     cwd=log.parent)
 
     def ready(self) -> bool:
         """Subclasses ask the service itself; a bare process is ready while it runs."""
@@ -90,14 +91,22 @@ class Process:
         self.proc.wait(10)
 
     def stop(self, grace_s: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
+        stop_all([self], grace_s)
+
+
+def stop_all(processes: list[Process], grace_s: float = 15.0) -> None:
+    """SIGTERM them all at once, then wait for each (SIGKILL past the grace period)."""
+    for p in processes:
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in processes:
+        try:
+            p.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            p.proc.wait(5)
+        p.log_file.close()
 
 
 class Controller(Process):
