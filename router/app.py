@@ -19,7 +19,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from modelroll.errors import Forbidden, ModelrollError, NotFound, Unavailable
-from modelroll.live.base import LiveChannel
+from modelroll.live.base import LiveChannel, Sample
 from modelroll.settings import Settings
 from router import asgi
 from router.asgi import ClientDisconnected, Receive, Scope, Send
@@ -52,7 +52,8 @@ class RouterApp:
                                  flush_interval_s=settings.router_flush_interval_s,
                                  feedback_ttl_s=settings.feedback_ttl_s,
                                  memory_interval_s=settings.router_memory_interval_s,
-                                 memory_probe=self._memory_samples, on_drop=self.metrics.samples_dropped.inc)
+                                 memory_probe=self._memory_samples, on_drop=self.metrics.samples_dropped.inc,
+                                 on_records=self.metrics.observe_runs)
         workers = max(4, (os.cpu_count() or 1) * 2)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="modelroll-run")
         self._shadow_executor = ThreadPoolExecutor(max(1, settings.router_shadow_max_concurrency),
@@ -61,7 +62,7 @@ class RouterApp:
                                    shadow_executor=self._shadow_executor,
                                    candidate_timeout_s=settings.router_candidate_timeout_s,
                                    shadow_max_concurrency=settings.router_shadow_max_concurrency)
-        self.feedback = FeedbackJoiner(channel, self.recorder.add)
+        self.feedback = FeedbackJoiner(channel, self._feedback_sample)
         self.tokens = OperatorTokens(token_sessions or _LazySessions(settings), settings.admin_token)
         self._max_body = settings.router_max_body_bytes
         self._ids = itertools.count(1)
@@ -79,9 +80,12 @@ class RouterApp:
         for name, variant in routes.variants.items():
             self.metrics.ejected.labels(routes.model, name).set(1 if variant.breaker.ejected else 0)
 
-    def _memory_samples(self) -> list[Any]:
-        from modelroll.live.base import Sample
+    def _feedback_sample(self, sample: Sample) -> None:
+        if sample.correct is not None:
+            self.metrics.observe_feedback(sample.model, sample.variant, sample.correct)
+        self.recorder.add(sample)
 
+    def _memory_samples(self) -> list[Any]:
         out = []
         now = time.time()
         for loaded in self.table.runners():
@@ -205,7 +209,8 @@ class RouterApp:
             "live_channel_error": self.recorder.last_error,
             "models": models,
             "samples": {"pending": self.recorder.pending, "sent": self.recorder.sent,
-                        "dropped": self.recorder.dropped, "unsent": self.recorder.unsent},
+                        "dropped": self.recorder.dropped, "unsent": self.recorder.unsent,
+                        "predictions_dropped": self.recorder.predictions_dropped},
             **self.inference.describe(),
         }
         await asgi.send_json(send, 200 if ready else 503, body)
@@ -269,6 +274,8 @@ class RouterApp:
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(None, self._join_feedback, items)
         counts = {s: sum(1 for r in results if r["status"] == s) for s in ("joined", "unknown", "invalid")}
+        for status, n in counts.items():
+            self.metrics.count_feedback_items(status, n)
         await asgi.send_json(send, 200, {"results": results, **counts})
 
     def _join_feedback(self, items: list[Any]) -> list[dict[str, Any]]:

@@ -12,9 +12,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from router.records import RequestRecord
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Runner time of small models is tens of microseconds: finer low buckets keep p50 ratios readable.
+_MODEL_BUCKETS_S = (0.00005, 0.0001, 0.00025, *_BUCKETS_S)
+FEEDBACK_RESULTS = ("correct", "wrong")
+FEEDBACK_STATUSES = ("joined", "unknown", "invalid")
 
 
 def multiprocess_dir() -> str | None:
@@ -31,6 +37,14 @@ class RouterMetrics:
                               ["model", "variant", "status"], registry=r)
         self.duration = Histogram("modelroll_request_duration_seconds", "Whole request time in the router.",
                                   ["model", "variant"], buckets=_BUCKETS_S, registry=r)
+        self.model_latency = Histogram("modelroll_model_latency_seconds", "The model's own time per call (runner "
+                                       "time, shadow calls included): what the latency gate compares.",
+                                       ["model", "variant"], buckets=_MODEL_BUCKETS_S, registry=r)
+        self.feedback = Counter("modelroll_feedback_total", "Predicted rows joined to a feedback label, by result "
+                                "(correct | wrong); each side of a shadow pair counts.",
+                                ["model", "variant", "result"], registry=r)
+        self.feedback_items = Counter("modelroll_feedback_items_total", "Feedback items received, by status "
+                                      "(joined | unknown: no stored prediction | invalid).", ["status"], registry=r)
         self.fallbacks = Counter("modelroll_fallbacks_total", "Requests answered by the baseline instead of "
                                  "the variant chosen for them.", ["model", "variant", "reason"], registry=r)
         self.shadow_skipped = Counter("modelroll_shadow_skipped_total", "Shadow calls skipped: over the "
@@ -49,6 +63,9 @@ class RouterMetrics:
                                    registry=r, multiprocess_mode="livemax")
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._duration_children: dict[tuple[str, str], Any] = {}
+        self._model_children: dict[tuple[str, str], Any] = {}
+        self._feedback_children: dict[tuple[str, str, bool], Any] = {}
+        self._item_children = {status: self.feedback_items.labels(status) for status in FEEDBACK_STATUSES}
         self._unsent_seen = 0
 
     def observe_request(self, model: str, variant: str, code: int, seconds: float) -> None:
@@ -62,6 +79,29 @@ class RouterMetrics:
         if hist is None:
             hist = self._duration_children[dkey] = self.duration.labels(model, variant)
         hist.observe(seconds)
+
+    def observe_runs(self, records: list[RequestRecord]) -> None:
+        """Runner time of each successful variant call; called by the sample flusher, off the event loop."""
+        children = self._model_children
+        for r in records:
+            if r.status != "ok":
+                continue
+            key = (r.model, r.variant)
+            child = children.get(key)
+            if child is None:
+                child = children[key] = self.model_latency.labels(r.model, r.variant)
+            child.observe(r.latency_ms / 1000.0)
+
+    def observe_feedback(self, model: str, variant: str, correct: bool) -> None:
+        key = (model, variant, correct)
+        child = self._feedback_children.get(key)
+        if child is None:
+            child = self._feedback_children[key] = self.feedback.labels(model, variant, FEEDBACK_RESULTS[not correct])
+        child.inc()
+
+    def count_feedback_items(self, status: str, n: int) -> None:
+        if n:
+            self._item_children[status].inc(n)
 
     def sync_unsent(self, unsent_total: int) -> None:
         if unsent_total > self._unsent_seen:

@@ -151,6 +151,19 @@ class LiveChannel(abc.ABC):
         for request_id, record in records:
             self.put_prediction(request_id, record, ttl_s)
 
+    def append_encoded(self, samples: Sequence[bytes], predictions: Sequence[tuple[str, bytes]],
+                       ttl_s: float) -> None:
+        """Append samples already encoded (`Sample.to_bytes`) and store prediction records, together.
+
+        The router's flush: it encodes off its hot path; Redis writes both in one script call per chunk.
+        """
+        from modelroll.live.sample_codec import decode_sample, decode_samples
+
+        self.put_predictions(predictions, ttl_s)  # first: a bad ttl_s is refused before anything is written
+        if samples:
+            decoded = decode_samples(list(samples))
+            self.append_samples(decoded if decoded is not None else [decode_sample(raw) for raw in samples])
+
     @abc.abstractmethod
     def take_prediction(self, request_id: str) -> bytes | None:
         """Return and delete the record (None when unknown or expired)."""

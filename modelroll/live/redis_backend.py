@@ -34,6 +34,20 @@ log = logging.getLogger(__name__)
 _FIELD = b"d"  # the one field of a sample entry: its orjson bytes
 _PIPELINE_BATCH = 1000
 _ACK_BATCH = 10_000
+_SCRIPT_BATCH = 256  # rows per append_encoded script call: Redis runs a script alone, keep each ~1 ms
+
+# KEYS: samples stream, then one prediction key per record; ARGV: n samples, max len, field, px,
+# the n sample payloads, then the records in the order of their keys. One reply instead of 2n.
+_APPEND_ENCODED = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4 + i])
+end
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[3 + n + i], 'PX', ARGV[4])
+end
+return n
+"""
 
 # KEYS: splits hash, versions hash, changes channel; ARGV: model, json without its closing `"version":N}`.
 _PUBLISH_SPLIT = """
@@ -80,6 +94,7 @@ class RedisChannel(LiveChannel):
         self._changes_key = prefix + "split-changes"
         self._groups: set[str] = set()
         self._publish = self._client.register_script(_PUBLISH_SPLIT)
+        self._append_encoded = self._client.register_script(_APPEND_ENCODED)
         self._locks = RedisLocks(self._client, prefix)
         self._jobs = RedisJobs(self._client, prefix)
         self._watchers: list[RedisSplitWatcher] = []
@@ -254,6 +269,17 @@ class RedisChannel(LiveChannel):
                 for request_id, record in records[start: start + _PIPELINE_BATCH]:
                     pipe.set(self._prefix + "prediction:" + request_id, record, px=px)
                 pipe.execute()
+
+    def append_encoded(self, samples: Sequence[bytes], predictions: Sequence[tuple[str, bytes]],
+                       ttl_s: float) -> None:
+        px = ttl_ms(ttl_s, "prediction ttl_s")
+        with self._guard(f"append {len(samples)} samples and store {len(predictions)} predictions"):
+            for start in range(0, max(len(samples), len(predictions)), _SCRIPT_BATCH):
+                chunk = samples[start: start + _SCRIPT_BATCH]
+                records = predictions[start: start + _SCRIPT_BATCH]
+                keys = [self._samples_key, *(self._prefix + "prediction:" + rid for rid, _ in records)]
+                self._append_encoded(keys=keys, args=[len(chunk), self._max_len, _FIELD, px, *chunk,
+                                                      *(record for _, record in records)])
 
     def take_prediction(self, request_id: str) -> bytes | None:
         with self._guard(f"take the prediction of request {request_id!r}"):

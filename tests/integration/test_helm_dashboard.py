@@ -14,8 +14,6 @@ from tests import helm_tools
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "modelroll"
 DASHBOARD = CHART / "dashboards" / "modelroll.json"
-# Named in the distributed-mode design but not exported by the services yet: their panels stay empty until then.
-NOT_EXPORTED_YET = {"modelroll_model_latency_seconds_bucket", "modelroll_accuracy_ratio"}
 _DECLARATION = re.compile(
     r"\b(Counter|Gauge|Histogram|Summary|CounterMetricFamily|GaugeMetricFamily|HistogramMetricFamily)"
     r"\(\s*\"(modelroll_\w+)\"")
@@ -69,13 +67,14 @@ def test_every_query_parses_with_prometheus_own_promql_grammar() -> None:
 def test_dashboard_reads_only_metrics_the_services_export() -> None:
     exported = exported_metrics()
     used = metric_names(expressions(dashboard()))
-    unknown = used - exported - NOT_EXPORTED_YET
+    unknown = used - exported
     assert not unknown, f"not exported by any service: {sorted(unknown)}"
-    assert not NOT_EXPORTED_YET & exported, "exported now: drop it from NOT_EXPORTED_YET"
     # The exported series on-call reads, each on some panel.
     assert {"modelroll_requests_total", "modelroll_request_duration_seconds_bucket", "modelroll_fallbacks_total",
             "modelroll_runner_memory_bytes", "modelroll_variant_weight_pct", "modelroll_rollout_weight_pct",
-            "modelroll_rollout_phase", "modelroll_controller_leader", "modelroll_samples_dropped_total"} <= used
+            "modelroll_rollout_phase", "modelroll_controller_leader", "modelroll_samples_dropped_total",
+            "modelroll_model_latency_seconds_bucket", "modelroll_feedback_total",
+            "modelroll_feedback_items_total"} <= used
 
 
 def test_panels_cover_latency_quantiles_errors_accuracy_memory_weights_fallbacks_and_phase() -> None:
@@ -91,14 +90,17 @@ def test_panels_cover_latency_quantiles_errors_accuracy_memory_weights_fallbacks
         assert quantile in panel("latency")
     assert "by (model, variant, le)" in panel("latency")
     assert 'code=~"5.."' in panel("error rate")
-    assert "modelroll_accuracy_ratio" in panel("accuracy")
+    # Accuracy from the join counters (correct / joined), summed over routers: a per-pod ratio would not add up.
+    assert 'modelroll_feedback_total{' in panel("accuracy") and 'result="correct"' in panel("accuracy")
+    assert "modelroll_model_latency_seconds_bucket" in panel("model latency")
     assert "modelroll_runner_memory_bytes" in panel("memory")
     assert "modelroll_variant_weight_pct" in panel("split")
     assert "modelroll_fallbacks_total" in panel("fallbacks")
     assert "modelroll_rollout_phase" in panel("phase")
     for expr in expressions(board):
         if "modelroll_controller" not in expr and "modelroll_worker" not in expr and "samples_" not in expr \
-                and "modelroll_live_channel" not in expr and "decisions" not in expr:
+                and "modelroll_live_channel" not in expr and "decisions" not in expr \
+                and "feedback_items" not in expr:
             assert 'model=~"$model"' in expr, f"per-model panel ignores the model picker: {expr}"
 
 

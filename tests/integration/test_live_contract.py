@@ -226,6 +226,23 @@ def test_predictions_stored_in_a_batch_are_each_taken_once(channel: LiveChannel)
         channel.put_predictions([("bad", b"x")], ttl_s=-1)
 
 
+def test_encoded_samples_and_predictions_are_written_together(channel: LiveChannel) -> None:
+    written = [sample(i) for i in range(600)]  # more rows than one Redis script call takes
+    records = [(f"req-{i}", f"record-{i}".encode()) for i in range(300)]
+    channel.append_encoded([s.to_bytes() for s in written], records, ttl_s=30)
+    batch = channel.read_samples("g", "c", count=1000)
+    assert batch.samples == written
+    channel.ack_samples("g", batch.ids)
+    assert channel.take_prediction("req-0") == b"record-0"
+    assert channel.take_prediction("req-299") == b"record-299"
+    channel.append_encoded([], [("alone", b"x")], ttl_s=30)
+    assert channel.take_prediction("alone") == b"x"
+    with pytest.raises(InvalidInput, match="ttl_s"):
+        channel.append_encoded([sample(1).to_bytes()], [("bad", b"x")], ttl_s=0)
+    assert channel.read_samples("g", "c", count=10).samples == []  # the refused call wrote nothing
+    assert channel.take_prediction("bad") is None
+
+
 def test_prediction_expires_after_its_ttl(channel: LiveChannel) -> None:
     channel.put_prediction("short", b"a", ttl_s=0.2)
     channel.put_prediction("long", b"b", ttl_s=30)
@@ -352,6 +369,7 @@ def every_call(channel: LiveChannel) -> dict[str, Callable[[], object]]:
         "trimmed_samples": channel.trimmed_samples,
         "put_prediction": lambda: channel.put_prediction("r", b"x", ttl_s=10),
         "put_predictions": lambda: channel.put_predictions([("r", b"x")], ttl_s=10),
+        "append_encoded": lambda: channel.append_encoded([sample(1).to_bytes()], [("r", b"x")], ttl_s=10),
         "take_prediction": lambda: channel.take_prediction("r"),
         "enqueue_job": lambda: channel.enqueue_job("optimize", b"x"),
         "claim_job": lambda: channel.claim_job("optimize", "w", visibility_timeout_s=10, max_attempts=3),
@@ -367,7 +385,8 @@ def test_every_call_on_unreachable_redis_raises_unavailable_quickly() -> None:
     channel = RedisChannel(CLOSED, prefix="modelroll-test-closed:", timeout_s=1.0)
     try:
         calls = every_call(channel)
-        assert set(calls) | {"watch_splits", "close"} == set(LiveChannel.__abstractmethods__) | {"put_predictions"}
+        expected = set(LiveChannel.__abstractmethods__) | {"put_predictions", "append_encoded"}
+        assert set(calls) | {"watch_splits", "close"} == expected
         for name, call in calls.items():
             start = time.monotonic()
             with pytest.raises(Unavailable) as caught:

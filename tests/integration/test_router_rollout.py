@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -16,6 +19,7 @@ from modelroll.db import ApiTokenRow, Base, utcnow
 from modelroll.live.base import SplitConfig
 from modelroll.live.memory import MemoryChannel
 from router.runner_subprocess import child_pids
+from router.runners import RunnerTimeout
 from router.variants import StaticVariantSource, VariantSpec
 from tests.router_fixtures import (
     SampleLog,
@@ -95,6 +99,25 @@ def test_candidate_over_its_deadline_falls_back_with_a_timeout_sample(tmp_path: 
         assert {s.variant for s in samples if s.status == "timeout"} == {"slow"}
 
 
+def test_a_cancelled_request_is_cancelled_not_counted_as_a_candidate_timeout(tmp_path: Path,
+                                                                            digits_paths: dict[str, Path]) -> None:
+    slow = VariantSpec("digits", "slow", "candidate", build_slow(tmp_path / "slow.onnx", layers=40))
+    with running_app(router_settings(tmp_path), MemoryChannel(),
+                     digits_source({"baseline": digits_paths["baseline"]}, slow=slow)) as app:
+        variant = app.table.variant("digits", "slow")
+        inputs = {"input": digits_rows(64)[0]}
+
+        async def go() -> None:
+            call = asyncio.create_task(app.inference._call(variant, inputs, 30.0, app._executor))
+            await asyncio.sleep(0.01)  # the call is now in the executor, its timer armed
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            outputs, latency_ms, _, error = await app.inference._call(variant, inputs, 0.001, app._executor)
+            assert outputs is None and latency_ms == 1.0 and isinstance(error, RunnerTimeout)
+        run(go())
+
+
 def test_shadow_pairs_share_the_request_id_and_feedback_scores_both(tmp_path: Path,
                                                                     digits_paths: dict[str, Path]) -> None:
     channel = MemoryChannel()
@@ -127,6 +150,33 @@ def test_shadow_pairs_share_the_request_id_and_feedback_scores_both(tmp_path: Pa
             assert all(s.rollout_id == 2 and s.step == 0 for s in pair + marks)
         base_correct = sum(bool(s.correct) for s in samples if s.kind == "feedback" and s.variant == "baseline")
         assert base_correct >= 17  # the trained MLP is ~97 % accurate on held-out digits
+        int8_correct = sum(bool(s.correct) for s in samples if s.kind == "feedback" and s.variant == "int8")
+
+        async def scrape() -> str:
+            async with client(app) as c:
+                return (await c.get("/metrics")).text
+        metrics = _series(run(scrape()))
+    # The dashboard's live accuracy and runner-time panels read these (shadow side included).
+    assert metrics[("modelroll_feedback_total", "baseline", "correct")] == base_correct
+    assert metrics.get(("modelroll_feedback_total", "baseline", "wrong"), 0.0) == 20 - base_correct
+    assert metrics.get(("modelroll_feedback_total", "int8", "correct"), 0.0) == int8_correct
+    assert metrics.get(("modelroll_feedback_total", "int8", "wrong"), 0.0) == 20 - int8_correct
+    assert metrics[("modelroll_feedback_items_total", "", "joined")] == 20
+    assert metrics[("modelroll_feedback_items_total", "", "unknown")] == 1
+    assert metrics[("modelroll_model_latency_seconds_count", "baseline", "")] == 20
+    assert metrics[("modelroll_model_latency_seconds_count", "int8", "")] == 20
+    assert 0 < metrics[("modelroll_model_latency_seconds_sum", "int8", "")] < 20 * 0.5
+
+
+def _series(text: str) -> dict[tuple[str, str, str], float]:
+    """(name, variant, result or status) -> value of the router's /metrics text, for its digits series."""
+    out: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("model", "digits") == "digits":
+                key = (s.name, s.labels.get("variant", ""), s.labels.get("result", s.labels.get("status", "")))
+                out[key] = s.value
+    return out
 
 
 def test_shadow_over_its_bound_is_skipped_and_counted(tmp_path: Path, digits_paths: dict[str, Path]) -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import orjson
+import pytest
 
+from modelroll.errors import Unavailable
+from modelroll.live.base import Sample
 from modelroll.live.memory import MemoryChannel
+from modelroll.live.sample_codec import decode_sample
 from router.feedback import FeedbackJoiner, parse_items
-from router.samples import Recorder, RequestRecord, compact_prediction
+from router.records import RequestRecord, compact_prediction, encode_sample
+from router.samples import Recorder
 
 
 def _record(request_id: str, variant: str = "baseline", *, shadow: bool = False, keep: bool = True,
@@ -89,3 +96,81 @@ def test_feedback_after_the_ttl_is_unknown() -> None:
     recorder.flush()
     joiner = FeedbackJoiner(channel, lambda s: None, clock=lambda: 1061.0)
     assert joiner.join([{"request_id": "old", "label": 1}])[0]["status"] == "unknown"
+
+
+def test_encoded_sample_is_byte_for_byte_what_sample_to_bytes_writes() -> None:
+    base = _record("p1", keep=False)
+    records = [_record("ok"), _record("fail", "int8", status="error"), base,
+               _record("p1", "int8", shadow=True, pair=base, logits=[[0.9, 0.1, 0.0], [0.0, 0.0, 1.0]]),
+               RequestRecord("digits", "baseline", 1.5, None, None, "", 0.25, 0.5, "timeout", 0.0, 3, False, None,
+                             False)]
+    for r in records:
+        expected = Sample(kind="request", model=r.model, variant=r.variant, ts=r.ts, rollout_id=r.rollout_id,
+                          step=r.step, request_id=r.request_id, latency_ms=r.latency_ms, total_ms=r.total_ms,
+                          status=r.status, cpu_ms=r.cpu_ms, batch_size=r.batch_size, shadow=r.shadow,
+                          prediction=compact_prediction(r.outputs) if r.status == "ok" else None)
+        assert encode_sample(r) == expected.to_bytes()
+        assert decode_sample(encode_sample(r)) == expected
+
+
+class _FailingAfter(MemoryChannel):
+    """The in-process channel with Redis's failure mode injected: calls past the first `ok_calls` fail."""
+
+    def __init__(self, ok_calls: int) -> None:
+        super().__init__()
+        self.ok_calls = ok_calls
+
+    def append_encoded(self, samples: Sequence[bytes], predictions: Sequence[tuple[str, bytes]],
+                       ttl_s: float) -> None:
+        if self.ok_calls <= 0:
+            raise Unavailable("Redis at redis://127.0.0.1:1/0 is unreachable (test)")
+        self.ok_calls -= 1
+        super().append_encoded(samples, predictions, ttl_s)
+
+
+def test_a_failed_flush_resends_only_the_chunks_not_sent_and_counts_them_once() -> None:
+    channel = _FailingAfter(ok_calls=1)
+    recorder = Recorder(channel, capacity=10_000, flush_interval_s=10, feedback_ttl_s=60)
+    for i in range(600):
+        recorder.add(_record(f"r{i}"))
+    with pytest.raises(Unavailable):
+        recorder.flush()
+    assert recorder.degraded and recorder.sent == 256 and recorder.unsent == 344 and recorder.pending == 344
+    with pytest.raises(Unavailable):
+        recorder.flush()
+    assert recorder.unsent == 344  # a second failed try of the same samples is not counted again
+    channel.ok_calls = 100
+    recorder.add(_record("late"))
+    assert recorder.flush() == 345 and not recorder.degraded and recorder.pending == 0
+    ids = [s.request_id for s in channel.read_samples("g", "c", 10_000).samples]
+    assert ids == [f"r{i}" for i in range(600)] + ["late"]  # each once, in order
+    assert channel.take_prediction("r599") is not None and channel.take_prediction("late") is not None
+
+
+def test_retry_buffers_stay_bounded_during_a_long_outage_and_count_what_they_lose() -> None:
+    dropped: list[int] = []
+    recorder = Recorder(_FailingAfter(ok_calls=0), capacity=100, flush_interval_s=10, feedback_ttl_s=60,
+                        on_drop=dropped.append)
+    for _ in range(3):
+        for i in range(80):
+            recorder.add(_record(f"r{i}"))
+        with pytest.raises(Unavailable):
+            recorder.flush()
+    assert recorder.pending == 100 and recorder.dropped == sum(dropped) == 140
+    assert recorder.predictions_dropped == 140 and recorder.unsent == 240
+
+
+def test_metrics_hook_sees_each_request_record_once_and_its_failure_costs_no_sample() -> None:
+    seen: list[str] = []
+    channel = MemoryChannel()
+
+    def hook(records: list[RequestRecord]) -> None:
+        seen.extend(r.request_id for r in records)
+        raise RuntimeError("a broken metric")
+
+    recorder = Recorder(channel, capacity=100, flush_interval_s=10, feedback_ttl_s=60, on_records=hook)
+    recorder.add(_record("a"))
+    recorder.add(Sample(kind="memory", model="digits", variant="baseline", ts=1.0, memory_bytes=10))
+    recorder.add(_record("b"))
+    assert recorder.flush() == 3 and seen == ["a", "b"]
+    assert [s.kind for s in channel.read_samples("g", "c", 10).samples] == ["request", "memory", "request"]
