@@ -56,7 +56,7 @@ class Row:
         assert self.rounds
         values = []
         for figures in self.rounds:
-            if pick in ("p50_ms", "p95_ms"):
+            if pick in ("p50_ms", "p95_ms", "cpu_ms"):
                 values.append(getattr(figures.latency_at(batch), pick))
             else:
                 values.append(float(getattr(figures.memory_at(batch), pick)))
@@ -136,7 +136,8 @@ Cell = Callable[[Row], list[str]]
 def table(title: str, rows: list[Row], metrics: tuple[str, ...], cell: Cell) -> Table:
     out = Table(title=title, title_justify="left")
     out.add_column("variant")
-    for column in ("p50 b1", "p95 b1", "p50 b32", "p95 b32", "mem Δ b1", "mem Δ b32", "size", *metrics):
+    for column in ("p50 b1", "p95 b1", "p50 b32", "p95 b32", "CPU b1", "CPU b32", "mem Δ b1", "mem Δ b32", "size",
+                   *metrics):
         out.add_column(column, justify="right")
     for row in rows:
         out.add_row(row.label, *cell(row))
@@ -146,7 +147,8 @@ def table(title: str, rows: list[Row], metrics: tuple[str, ...], cell: Cell) -> 
 def values(metrics: tuple[str, ...]) -> Cell:
     def cell(row: Row) -> list[str]:
         return [fmt_ms(row.median("p50_ms", 1)), fmt_ms(row.median("p95_ms", 1)), fmt_ms(row.median("p50_ms", 32)),
-                fmt_ms(row.median("p95_ms", 32)), f"{row.median('memory_bytes', 1) / 2**20:.1f} MiB",
+                fmt_ms(row.median("p95_ms", 32)), fmt_ms(row.median("cpu_ms", 1)), fmt_ms(row.median("cpu_ms", 32)),
+                f"{row.median('memory_bytes', 1) / 2**20:.1f} MiB",
                 f"{row.median('memory_bytes', 32) / 2**20:.1f} MiB", f"{row.first.size_bytes / 2**20:.1f} MiB",
                 *(f"{row.quality(m):.4f}" for m in metrics)]
     return cell
@@ -155,8 +157,8 @@ def values(metrics: tuple[str, ...]) -> Cell:
 def ratios(against: Row, metrics: tuple[str, ...]) -> Cell:
     def cell(row: Row) -> list[str]:
         out = [f"{row.median(k, b) / against.median(k, b):.2f}×" for k, b in
-               (("p50_ms", 1), ("p95_ms", 1), ("p50_ms", 32), ("p95_ms", 32), ("memory_bytes", 1),
-                ("memory_bytes", 32))]
+               (("p50_ms", 1), ("p95_ms", 1), ("p50_ms", 32), ("p95_ms", 32), ("cpu_ms", 1), ("cpu_ms", 32),
+                ("memory_bytes", 1), ("memory_bytes", 32))]
         out.append(f"{row.first.size_bytes / against.first.size_bytes:.2f}×")
         out += [f"{(row.quality(m) - against.quality(m)) * 100:+.2f} pt" for m in metrics]
         return out
@@ -195,6 +197,10 @@ def targets(name: str, fp32: Row, int8: Row, candidates: list[Row], metric: str)
                               unit=" %"))
     console.print(verdict("size, smaller than FP32", 1 - best.first.size_bytes / fp32.first.size_bytes, 0.6,
                           at_least=True, unit=" %"))
+    for batch in (1, 32):
+        cpu = 1 - best.median("cpu_ms", batch) / fp32.median("cpu_ms", batch)
+        console.print(f"  (CPU per request at batch {batch}, lower than FP32: {cpu * 100:.1f} %; "
+                      "CPU time is what a busy machine disturbs least)")
     console.print(verdict(f"quality loss ({metric})", fp32.quality(metric) - best.quality(metric), budget,
                           at_least=False, unit=" points"))
     if name == "minilm-l6":
