@@ -51,9 +51,11 @@ def test_demo_promotes_the_good_candidate_and_rolls_back_the_over_pruned_one(tmp
             assert final is not None and final.to_phase == rollout.phase
             results = {r["criterion"]: r for r in final.evidence["results"]}
             if rollout.phase == "rolled_back":
-                assert rollout.spec["candidate"].startswith("prune0.6")
-                assert results["accuracy"]["verdict"] == "fail"  # the over-pruned one loses accuracy
-                assert results["accuracy"]["ci_high"] < -0.02
+                assert rollout.spec["candidate"].startswith("prune0.6"), printed
+                failing = [name for name, r in results.items() if r["verdict"] == "fail"]
+                assert failing and all(name in final.reason for name in failing), printed
+                # the over-pruned candidate really is less accurate on the live labels
+                assert results["accuracy"]["estimate"] is not None and results["accuracy"]["estimate"] < -0.02
             else:
                 assert rollout.spec["candidate"].startswith("prune0.5-distill")
                 assert {r["verdict"] for r in results.values()} == {"pass"}
