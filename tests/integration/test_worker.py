@@ -221,3 +221,23 @@ def test_job_with_a_missing_baseline_artifact_fails_without_retries(stack: Stack
     job = stack.job(job_id)
     assert job.status == "failed" and "is not in the artifact store" in job.error and job.attempts == 1
     assert stack.channel.claim_job(QUEUE, "probe", 0.001, 5) is None  # acked: nothing left to retry
+
+
+def test_stopping_mid_job_kills_the_measurement_and_leaves_the_job_to_be_retried(stack: Stack) -> None:
+    job_id = stack.submit("int8")
+    stop = threading.Event()
+    ctx = make_context(stack.settings.model_copy(update={"eval_max_time_s": 60.0, "eval_min_runs": 10_000_000}))
+    worker = Worker(ctx, stack.channel, stop, poll_interval_s=0.05)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    poll("the worker to be measuring", lambda: bool(children_measuring(os.getpid())), 30)
+    started = time.monotonic()
+    stop.set()  # what SIGTERM does in `modelroll worker`
+    thread.join(15)
+    assert not thread.is_alive() and time.monotonic() - started < 10
+    assert children_measuring(os.getpid()) == []
+    job = stack.job(job_id)
+    assert job.status == "retrying" and "worker stopped during attempt 1" in job.message
+    time.sleep(2.1)  # visibility timeout: the unacknowledged job is handed out again
+    again = stack.channel.claim_job(QUEUE, "next", 2.0, 3)
+    assert again is not None and again.attempts == 2
