@@ -16,6 +16,8 @@ from markupsafe import Markup
 
 WIDTH, HEIGHT = 560, 180
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 56, 12, 12, 26
+CHAR_W = 6.2  # px per character of the 11 px axis font, enough to keep labels apart
+MARKER_ROWS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +65,12 @@ def line_chart(title: str, series: Mapping[str, Sequence[Point]], fmt: Callable[
         parts.append(f'<line class="grid" x1="{PAD_LEFT}" x2="{WIDTH - PAD_RIGHT}" y1="{y(tick):.1f}" '
                      f'y2="{y(tick):.1f}"/><text class="axis" x="{PAD_LEFT - 4}" y="{y(tick) + 4:.1f}" '
                      f'text-anchor="end">{escape(fmt(tick))}</text>')
-    for at, text in markers:
+    row_ends = [-math.inf] * MARKER_ROWS
+    for at, text in sorted(markers, key=lambda m: m[0]):
         mx = x(at.timestamp())
         parts.append(f'<line class="marker" x1="{mx:.1f}" x2="{mx:.1f}" y1="{PAD_TOP}" y2="{HEIGHT - PAD_BOTTOM}">'
-                     f"<title>{escape(text)}</title></line>"
-                     f'<text class="axis" x="{mx + 2:.1f}" y="{PAD_TOP + 10}">{escape(text)}</text>')
+                     f"<title>{escape(text)}</title></line>")
+        parts.append(_marker_label(mx, text, row_ends))
     for name, values in series.items():
         css = escape((classes or {}).get(name, "series"))
         finite = [p for p in values if math.isfinite(p.value)]
@@ -82,6 +85,24 @@ def line_chart(title: str, series: Mapping[str, Sequence[Point]], fmt: Callable[
                  f'<text class="axis" x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 6}" text-anchor="end">'
                  f"{escape(_clock(t1))} UTC</text></svg>")
     return Markup("".join(parts))
+
+
+def _marker_label(mx: float, text: str, row_ends: list[float]) -> str:
+    """The marker's label in the first row where it overlaps no earlier label; none when every row is taken.
+
+    Steps that follow each other within seconds would otherwise print their labels over one another; the
+    dashed line stays, with its label as a tooltip.
+    """
+    width = len(text) * CHAR_W
+    start = mx + 2 if mx + 2 + width <= WIDTH - PAD_RIGHT else mx - 2 - width  # flip left at the right edge
+    for row, end in enumerate(row_ends):
+        if start >= end + 4:
+            row_ends[row] = start + width
+            anchor = "start" if start > mx else "end"
+            tx = mx + 2 if anchor == "start" else mx - 2
+            return (f'<text class="axis" x="{tx:.1f}" y="{PAD_TOP + 10 + row * 12}" text-anchor="{anchor}">'
+                    f"{escape(text)}</text>")
+    return ""
 
 
 def _clock(ts: float) -> str:

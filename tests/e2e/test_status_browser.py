@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Dialog, Page, expect
 from sqlalchemy import select
 
-from modelroll.db import RolloutEventRow, RolloutRow
+from modelroll.db import CandidateReportRow, RolloutEventRow, RolloutRow
 from tests.e2e.conftest import Browsing, StatusSite
 
 pytestmark = pytest.mark.timeout(120)
@@ -56,6 +56,30 @@ def screenshots(page: Page, folder: Path, name: str) -> None:
     page.emulate_media(color_scheme="light")
 
 
+def check_report(page: Page, site: StatusSite) -> None:
+    """The optimizer's table shows the stored figures, and each gate's stored verdict."""
+    with site.world.session_factory() as session:
+        report = session.scalars(select(CandidateReportRow)).one()
+    base, cand, gates = report.baseline_figures, report.candidate_figures, report.gates
+    table = page.locator("#report tbody")
+    for bl, cl in zip(base["latency"], cand["latency"], strict=True):
+        for which in ("p50", "p95"):
+            line = table.locator("tr", has_text=f"Latency {which}, batch {bl['batch_size']}")
+            gate = gates[f"latency_{which}_b{bl['batch_size']}"]
+            expect(line.locator("td")).to_have_text([
+                f"Latency {which}, batch {bl['batch_size']}", f"{bl[which + '_ms']:.3f} ms",
+                f"{cl[which + '_ms']:.3f} ms", re.compile(rf"^{(1 - gate['value']) * 100:.1f} % lower"),
+                "pass" if gate["passed"] else "fail"])
+    for bm in base["memory"]:
+        gate = gates[f"memory_b{bm['batch_size']}"]
+        line = table.locator("tr", has_text=f"Model memory, batch {bm['batch_size']}")
+        expect(line.locator("td").nth(4)).to_have_text("pass" if gate["passed"] else "fail")
+    assert {g["passed"] for g in gates.values()} == {True, False}  # the seeded report has both verdicts
+    accuracy = table.locator("tr", has_text="Accuracy (offline eval set)")
+    expect(accuracy).to_contain_text(f"{base['quality']['accuracy'] * 100:.2f} %")
+    expect(accuracy).to_contain_text(f"{cand['quality']['accuracy'] * 100:.2f} %")
+
+
 def test_viewer_sees_the_stored_values_and_no_buttons(status_site: StatusSite, browsing: Browsing,
                                                       artifacts_dir: Path) -> None:
     page, site = browsing.page, status_site
@@ -93,6 +117,7 @@ def test_viewer_sees_the_stored_values_and_no_buttons(status_site: StatusSite, b
         == [e.seq for e in reversed(events)]  # numbered by the event's own sequence, newest first
     expect(page.locator("figure figcaption.chart-title")).to_have_text(CHART_TITLES)
     assert page.locator("svg.chart polyline").count() >= 2, "the charts over time drew no line"
+    check_report(page, site)
     expect(page.locator('form[action*="/actions/"]')).to_have_count(0)
     expect(page.get_by_role("button", name="Pause")).to_have_count(0)
     screenshots(page, artifacts_dir, "rollout-viewer")
