@@ -40,7 +40,7 @@ LABEL_DELAY_S = 1.0  # labels come after the answer, as they do in life
 STEPS = [  # per-rollout settings (allowed): short steps; the default gates stay as they are
     {"weight_pct": 0, "shadow": True, "min_duration_s": 2, "min_samples": 150},
     {"weight_pct": 50, "min_duration_s": 4, "min_samples": 100},
-    {"weight_pct": 100, "min_duration_s": 5, "min_samples": 100},  # outlasts the Redis outage's start
+    {"weight_pct": 100, "min_duration_s": 5, "min_samples": 100},  # cannot promote before the outage starts
 ]
 
 
@@ -58,6 +58,7 @@ def worker_home() -> Path:
 @dataclass
 class Sent:
     at: float  # monotonic
+    number: int  # request id load-<number>
     router: int
     status: int
     variant: str
@@ -76,6 +77,7 @@ class Load:
     sent: list[Sent] = field(default_factory=list)
     feedback: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("joined", "unknown", "invalid", "refused_tries", "never_sent"), 0))
+    unknown: list[int] = field(default_factory=list)  # requests whose label found no prediction
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -116,12 +118,12 @@ class Load:
                     r = http.post(f"{self.routers[router]}/v2/models/digits/infer", content=bodies[row],
                                   headers={"x-modelroll-key": f"user-{rng.integers(10_000)}",
                                            "x-request-id": f"load-{n}", "content-type": "application/json"})
-                    self.sent.append(Sent(started, router, r.status_code, r.headers.get("x-modelroll-variant", ""),
+                    self.sent.append(Sent(started, n, router, r.status_code, r.headers.get("x-modelroll-variant", ""),
                                           "" if r.status_code == 200 else r.text[:200]))
                     if r.status_code == 200:
                         due.append((started, {"request_id": f"load-{n}", "label": int(labels[row])}))
                 except httpx.HTTPError as exc:
-                    self.sent.append(Sent(started, router, 0, "", repr(exc)[:200]))
+                    self.sent.append(Sent(started, n, router, 0, "", repr(exc)[:200]))
                 while due and due[0][0] < started - LABEL_DELAY_S:
                     batch.append(due.popleft()[1])
                 if len(batch) >= 10 and started >= retry_at:
@@ -145,6 +147,8 @@ class Load:
             answer = r.json()
             for status in ("joined", "unknown", "invalid"):
                 self.feedback[status] += int(answer[status])
+            self.unknown += [int(x["request_id"].removeprefix("load-")) for x in answer["results"]
+                             if x["status"] == "unknown"]
         return True
 
     def served(self, since: float, until: float) -> list[Sent]:
@@ -373,6 +377,14 @@ def test_rollout_survives_leader_kill_and_redis_restart_under_load(cluster: Clus
     tokens = [e.fencing_token or 0 for e in events[1:]]
     assert tokens[0] == tokens[1] < tokens[2] < tokens[3], tokens
 
+    # A label finds no prediction when its record died with Redis (answered shortly before the stop) or when it
+    # came before the router re-sent the record it kept through the outage (answered during it).
+    answered = {s.number: s.at for s in load.sent}
+    unknown_when = [answered[n] for n in load.unknown]
+    figures["labels_unknown"] = {"earlier": sum(t < down_at - 2 for t in unknown_when),
+                                 "last_2s_before": sum(down_at - 2 <= t < down_at for t in unknown_when),
+                                 "during": sum(down_at <= t < up_at for t in unknown_when),
+                                 "after": sum(t >= up_at for t in unknown_when)}
     figures.update(requests=len(load.sent), outage_requests=len(during), lost_in_redis=lost_in_redis,
                    unsent=[s["unsent"] for s in readiness], dropped=[s["dropped"] for s in readiness],
                    labels=load.feedback, tokens=tokens)
