@@ -2,7 +2,9 @@
 
 Same ONNX model (the digits MLP), same load generator (a raw-socket HTTP/1.1 client in its own
 process), each server alone on CPU 0 with the load generator on CPU 1, batch 1 and batch 32:
-throughput at a fixed concurrency and latency with one request in flight. The router runs a
+throughput at a fixed concurrency (with the server's CPU per request beside it, a figure the
+machine's other load moves less) and latency with one request in flight. Ratios are medians of
+per-round ratios, the servers measured back to back in an order that alternates. The router runs a
 50/50 split (two variants of the same file) with metrics and samples on (flushed to Redis).
 Also: split propagation p99 through Redis. MLServer runs from its own venv (.bench-venv).
 Usage: python bench/router.py [--duration S] [--concurrency C] [--skip-mlserver]
@@ -156,7 +158,7 @@ def start_mlserver(python: Path, port: int, model: Path, workdir: Path) -> subpr
 
 # --- load generator (its own process: `bench/router.py --load ...`) ------------------------------------------
 async def _connection(port: int, request: bytes, stop_at: float, warm_until: float,
-                      latencies: list[float], errors: list[int]) -> None:
+                      latencies: list[float], errors: list[int], done: list[int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     perf = time.perf_counter
     try:
@@ -172,6 +174,7 @@ async def _connection(port: int, request: bytes, stop_at: float, warm_until: flo
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
             await reader.readexactly(length)
+            done[0] += 1
             if start >= warm_until:
                 latencies.append(perf() - start)
                 if status != 200:
@@ -188,11 +191,12 @@ def run_load(port: int, path: str, body: bytes, concurrency: int, duration_s: fl
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     latencies: list[float] = []
     errors: list[int] = []
+    done = [0]
 
     async def main() -> None:
         now = time.perf_counter()
         await asyncio.gather(*(_connection(port, request, now + warmup_s + duration_s, now + warmup_s,
-                                           latencies, errors) for _ in range(concurrency)))
+                                           latencies, errors, done) for _ in range(concurrency)))
 
     uvloop.run(main())
     latencies.sort()
@@ -201,7 +205,7 @@ def run_load(port: int, path: str, body: bytes, concurrency: int, duration_s: fl
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6 if latencies else float("nan")
 
     return {"requests": len(latencies), "errors": len(errors), "rps": len(latencies) / duration_s,
-            "p50_us": pct(0.50), "p99_us": pct(0.99)}
+            "p50_us": pct(0.50), "p99_us": pct(0.99), "answered": done[0]}
 
 
 # --- orchestration -------------------------------------------------------------------------------------------
@@ -244,15 +248,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def measure_round(kind: str, port: int, args: argparse.Namespace, workdir: Path,
-                  bodies: dict[int, bytes]) -> dict[int, dict[str, Any]]:
-    results = {}
-    for batch, body in bodies.items():
-        thr = _load(port, body, args.concurrency, args.duration, workdir)
-        lat = _load(port, body, 1, args.duration, workdir)
-        results[batch] = {"rps": thr["rps"], "errors": thr["errors"] + lat["errors"],
-                          "p50_us": lat["p50_us"], "p99_us": lat["p99_us"]}
-    return results
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc), to put a load-independent figure beside req/s."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(pid: int, port: int, body: bytes, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """One server at one batch size: throughput and its CPU per request, then latency with one in flight."""
+    before = _cpu_s(pid)
+    thr = _load(port, body, args.concurrency, args.duration, workdir)
+    cpu_us = (_cpu_s(pid) - before) / max(1, thr["answered"]) * 1e6
+    lat = _load(port, body, 1, args.duration, workdir)
+    return {"rps": thr["rps"], "cpu_us": cpu_us, "errors": thr["errors"] + lat["errors"],
+            "p50_us": lat["p50_us"], "p99_us": lat["p99_us"]}
 
 
 def _median(values: list[float]) -> float:
@@ -264,9 +273,20 @@ def summarize(rounds: list[dict[int, dict[str, Any]]]) -> dict[int, dict[str, An
     """Median over rounds of each figure; errors are summed."""
     out = {}
     for batch in rounds[0]:
-        out[batch] = {key: _median([r[batch][key] for r in rounds]) for key in ("rps", "p50_us", "p99_us")}
+        out[batch] = {key: _median([r[batch][key] for r in rounds]) for key in ("rps", "cpu_us", "p50_us", "p99_us")}
         out[batch]["errors"] = sum(r[batch]["errors"] for r in rounds)
     return out
+
+
+def round_ratios(rounds: dict[str, list[dict[int, dict[str, Any]]]], num: str, den: str, batch: int,
+                 key: str) -> list[float]:
+    """num/den of each round, both measured seconds apart (the machine's drift mostly cancels)."""
+    return [a[batch][key] / b[batch][key] for a, b in zip(rounds[num], rounds[den], strict=True)]
+
+
+def paired_ratio(rounds: dict[str, list[dict[int, dict[str, Any]]]], num: str, den: str, batch: int,
+                 key: str) -> float:
+    return _median(round_ratios(rounds, num, den, batch, key))
 
 
 def split_propagation_ms(changes: int) -> list[float]:
@@ -372,11 +392,17 @@ def main() -> int:
                 _wait_port(port, proc)
             time.sleep(1.0)
             bodies = _bodies()
-            # Rounds alternate the servers so that each sees the same drift in the machine's other load.
+            # Each round measures every server at one batch size back to back, in an order that reverses from
+            # round to round, so that the servers compared see the same drift in the machine's other load.
             rounds: dict[str, list[dict[int, dict[str, Any]]]] = {kind: [] for kind in servers}
             for index in range(args.rounds):
-                for kind, (_, port) in servers.items():
-                    rounds[kind].append(measure_round(kind, port, args, workdir, bodies))
+                for kind in servers:
+                    rounds[kind].append({})
+                for batch, body in bodies.items():
+                    order = list(servers) if (index + batch) % 2 == 0 else list(reversed(servers))
+                    for kind in order:
+                        proc, port = servers[kind]
+                        rounds[kind][-1][batch] = measure(proc.pid, port, body, args, workdir)
                 print(f"  round {index + 1}/{args.rounds} done", flush=True)
         finally:
             for proc, _ in servers.values():
@@ -385,23 +411,26 @@ def main() -> int:
         results = {kind: summarize(r) for kind, r in rounds.items()}
         for kind, by_batch in results.items():
             for batch, r in by_batch.items():
-                print(f"  {kind:<9} batch {batch:>2}: {r['rps']:>8.0f} req/s at {args.concurrency} in flight, "
-                      f"p50 {r['p50_us']:>7.0f} µs p99 {r['p99_us']:>7.0f} µs one in flight, {r['errors']} errors "
-                      f"(median of {args.rounds} rounds)")
+                print(f"  {kind:<9} batch {batch:>2}: {r['rps']:>8.0f} req/s at {args.concurrency} in flight "
+                      f"({r['cpu_us']:>4.0f} µs server CPU per request), p50 {r['p50_us']:>6.0f} µs p99 "
+                      f"{r['p99_us']:>6.0f} µs one in flight, {r['errors']} errors (median of {args.rounds} rounds)")
     delays = split_propagation_ms(200)
     p99_prop = delays[int(0.99 * (len(delays) - 1))]
     print("\nratios (same run, same model, same load generator, same cores):")
     ok = True
     for batch in (1, 32):
         ceiling, router = results["ceiling"][batch], results["router"][batch]
-        ratio = router["rps"] / ceiling["rps"]
+        ratio = paired_ratio(rounds, "router", "ceiling", batch, "rps")
+        cpu_ratio = paired_ratio(rounds, "ceiling", "router", batch, "cpu_us")
         added = router["p99_us"] - ceiling["p99_us"]
         added_p50 = router["p50_us"] - ceiling["p50_us"]
         ok &= ratio >= 0.90 and added <= 100
-        print(f"  batch {batch:>2}: router/ceiling throughput {ratio:.2f} (target >= 0.90); added p99 "
-              f"{added:+.0f} µs (target <= 100 µs), added p50 {added_p50:+.0f} µs")
+        spread = " ".join(f"{r:.2f}" for r in round_ratios(rounds, "router", "ceiling", batch, "rps"))
+        print(f"  batch {batch:>2}: router/ceiling throughput {ratio:.2f} (target >= 0.90; rounds: {spread}; "
+              f"CPU per request ceiling/router {cpu_ratio:.2f}); added p99 {added:+.0f} µs (target <= 100 µs), "
+              f"added p50 {added_p50:+.0f} µs")
         if "mlserver" in results:
-            vs = router["rps"] / results["mlserver"][batch]["rps"]
+            vs = paired_ratio(rounds, "router", "mlserver", batch, "rps")
             ok &= vs >= 4.0
             print(f"  batch {batch:>2}: router/MLServer 1.7.1 throughput {vs:.2f}x (target >= 4x)")
     if mlserver_note:

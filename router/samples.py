@@ -21,8 +21,10 @@ from router.records import RequestRecord, encode_prediction, encode_sample
 
 log = logging.getLogger(__name__)
 
-_BATCH = 5000
-_SEND_CHUNK = 256  # rows per channel call: a failure resends only the chunks not yet sent
+# Rows per channel call. The flusher encodes one chunk and sends it (the send waits on the socket without
+# the GIL) before encoding the next: it never holds the GIL for long (~1 ms) against the event loop, and
+# a failure resends only the chunks not yet sent.
+_SEND_CHUNK = 256
 _BACKOFF_MAX_S = 5.0
 
 
@@ -159,7 +161,7 @@ class Recorder:
         records: list[RequestRecord] = []
         popleft = self._buffer.popleft
         ttl_s = self._ttl_s
-        for _ in range(_BATCH):
+        for _ in range(_SEND_CHUNK):
             try:
                 item = popleft()
             except IndexError:
