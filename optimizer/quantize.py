@@ -184,6 +184,10 @@ def quantize_int8_static(src: Path, dst: Path, calibration: Sequence[dict[str, n
         raise InvalidInput(f"activation_type must be 'quint8' or 'qint8', got {activation_type!r}")
     if not calibration:
         raise InvalidInput("static quantization needs calibration inputs: give at least one batch")
+    shapes = {tuple((k, v.shape[1:]) for k, v in sorted(feed.items())) for feed in calibration}
+    if method != "minmax" and len(shapes) > 1:
+        raise InvalidInput(f"{method} calibration collects histograms and needs calibration batches of one shape "
+                           f"(except the batch axis), got {len(shapes)} shapes: pad them alike or use minmax")
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="modelroll-q-") as work:
         prepared = _prepare(src, Path(work), pre_process=pre_process)

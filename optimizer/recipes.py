@@ -3,6 +3,7 @@
 Grammar: steps separated by ",", each `technique[:value][:name=value]...`; a bare value sets the
 technique's main parameter, a bare boolean parameter name sets it true ("int8:per_channel").
 Torch steps (prune, drop-layers, distill) come first, then at most one quantization step.
+Public surface: parse_recipe, TECHNIQUES, build (one candidate), search (accuracy back-off), recipe_slug.
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
 # ~5 points (97.2 % → 92.0 %) while still passing the latency and memory gates.
 GOOD_RECIPE = "prune:0.5,distill,int8"
 BAD_RECIPE = "prune:0.6,int8"
+# all-MiniLM-L6-v2's quality-first candidate, measured against FP32 on 512 eval sentences: mean cosine
+# 0.9974 and nearest-neighbour agreement 91.4 % (plain quantize_dynamic: 0.9637 and 70.7 %), 74 % smaller.
+MINILM_RECIPE = "int8:per_channel:smooth=0.7:exclude=1"
 ALIASES = {"int8-dynamic": "int8", "dynamic": "int8", "static": "int8-static", "drop": "drop-layers"}
 
 

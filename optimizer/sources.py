@@ -349,7 +349,7 @@ def encoder_source(folder: Path, cache_dir: Path, *, calibration_texts: int = 25
     encoder = load_encoder(folder)
     tokenizer = load_tokenizer(folder)
     texts = text_corpus(max(calibration_texts, train_texts), split="calibration")
-    calibration = tuple(text_batches(tokenizer, texts[:calibration_texts], batch_size, max_length))
+    calibration = tuple(text_batches(tokenizer, texts[:calibration_texts], batch_size, max_length, same_length=True))
     train = tuple(text_batches(tokenizer, texts[:train_texts], batch_size, max_length))
     weights = folder / "model.safetensors"
     mtime_ns = weights.stat().st_mtime_ns if weights.exists() else 0

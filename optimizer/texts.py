@@ -90,7 +90,11 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int = 128) -> dict[st
     return {name: np.asarray(encoded[name], dtype=np.int64) for name in ENCODER_INPUTS}
 
 
-def text_batches(tokenizer: Any, texts: list[str], batch_size: int = 32,
-                 max_length: int = 128) -> list[dict[str, np.ndarray]]:
-    """`texts` tokenized in consecutive batches, each padded to its own longest sentence."""
+def text_batches(tokenizer: Any, texts: list[str], batch_size: int = 32, max_length: int = 128,
+                 *, same_length: bool = False) -> list[dict[str, np.ndarray]]:
+    """`texts` tokenized in consecutive batches, each padded to its own longest sentence, or with
+    `same_length` all padded to the longest of all (histogram calibration needs equal shapes)."""
+    if same_length:
+        whole = tokenize(tokenizer, texts, max_length)
+        return [{k: v[i : i + batch_size] for k, v in whole.items()} for i in range(0, len(texts), batch_size)]
     return [tokenize(tokenizer, texts[i : i + batch_size], max_length) for i in range(0, len(texts), batch_size)]

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from modelroll.errors import InvalidInput
-from optimizer.recipes import TECHNIQUES, parse_recipe, recipe_slug, search
+from optimizer.recipes import BAD_RECIPE, GOOD_RECIPE, MINILM_RECIPE, TECHNIQUES, parse_recipe, recipe_slug, search
 from optimizer.sources import DigitsModel, ModelSource, digits_eval_set
 
 
@@ -29,6 +29,7 @@ def test_recipes_parse_to_steps_with_every_parameter_and_print_back() -> None:
     assert parse_recipe("int8-dynamic:per_channel").steps[0].options["per_channel"] is True
     assert recipe_slug(parse_recipe("prune:0.5,distill,int8")) == "prune0.5-distill-int8"
     assert set(TECHNIQUES) == {"prune", "drop-layers", "distill", "int8", "int8-static"}
+    assert all(parse_recipe(text) for text in (GOOD_RECIPE, BAD_RECIPE, MINILM_RECIPE))
 
 
 @pytest.mark.parametrize(("text", "message"), [

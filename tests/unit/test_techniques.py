@@ -170,7 +170,7 @@ def test_mlp_pruning_shrinks_every_hidden_layer_and_distillation_restores_accura
     assert path.stat().st_size < 0.3 * digits.onnx_path.stat().st_size
     pruned_accuracy = onnx_accuracy(path)
     assert digits.test_accuracy - 0.06 <= pruned_accuracy <= digits.test_accuracy
-    tuned = distill(result.model, digits.module, digits_src.distill_feeds, steps=100)
+    tuned = distill(result.model, digits.module, digits_src.distill_feeds, steps=40)
     assert tuned.loss_after < tuned.loss_before / 10
     path = export_onnx(tuned.model, {"input": digits.eval_inputs[:2]}, tmp_path / "d.onnx", output_name="logits")
     assert onnx_accuracy(path) >= digits.test_accuracy - 0.01
@@ -178,7 +178,7 @@ def test_mlp_pruning_shrinks_every_hidden_layer_and_distillation_restores_accura
 
 def test_good_recipe_keeps_accuracy_and_bad_recipe_loses_several_points(
         digits: DigitsModel, digits_src: ModelSource, tmp_path: Path) -> None:
-    good = build(GOOD_RECIPE.replace("distill", "distill:steps=100"), digits_src, tmp_path / "good")
+    good = build(GOOD_RECIPE.replace("distill", "distill:steps=40"), digits_src, tmp_path / "good")
     bad = build(BAD_RECIPE, digits_src, tmp_path / "bad")
     assert onnx_accuracy(good.onnx_path) >= digits.test_accuracy - 0.01
     assert onnx_accuracy(bad.onnx_path) <= digits.test_accuracy - 0.03
@@ -199,6 +199,11 @@ def test_encoder_pruning_removes_heads_and_ffn_neurons_physically(tmp_path: Path
         expected = result.model(**{k: torch.from_numpy(v) for k, v in feeds[1].items()}).numpy()
     np.testing.assert_allclose(session(path).run(None, feeds[1])[0], expected, atol=1e-4)  # other seq/batch
     assert result.kept["layer.0.heads"] == 2 and result.kept["layer.0.ffn"] == 32
+    shorter = {k: v[:, :8] for k, v in feeds[1].items()}
+    with pytest.raises(InvalidInput, match="one shape"):
+        quantize_int8_static(path, tmp_path / "q.onnx", [feeds[0], shorter], method="entropy")
+    static = quantize_int8_static(path, tmp_path / "q.onnx", [feeds[0], shorter], method="minmax")
+    assert static.quantized_nodes >= 6 * 4  # q, k, v, o, up, down of 4 layers (+ embedding gathers)
     tuned = distill(result.model, encoder, feeds, steps=30, lr=1e-3)
     assert tuned.steps == 30 and tuned.loss_after < 0.75 * tuned.loss_before
 
