@@ -20,8 +20,10 @@ from controller.api import ApiContext, context
 from controller.api_rollouts import apply_command
 from controller.auth import ANONYMOUS, ROLES, Principal, authenticate
 from controller.charts import interval_chart, line_chart
+from controller.machine import COMMANDS
 from modelroll.db import RolloutRow
 from modelroll.errors import ModelrollError, NotFound, Unauthorized
+from modelroll.types import Phase
 
 COOKIE = "modelroll_token"
 REFRESH_S = 5
@@ -109,7 +111,8 @@ def pages_router() -> APIRouter:
             line_chart("Accuracy from feedback per variant", series.accuracy, _pct, markers, classes),
             line_chart("Runner memory per variant", series.memory_mib, _mib, markers, classes),
         ]
-        actions = [a for a in ACTIONS if _can(who, a)] if not summary.terminal else []
+        phase = Phase(summary.phase)
+        actions = [a for a in ACTIONS if _can(who, a) and phase in COMMANDS[a].phases]
         return templates.TemplateResponse(request, "rollout.html", {
             "who": who, "r": summary, "cards": cards, "fmt_for": _fmt_for, "events": list(reversed(lines)),
             "charts": charts, "report": report, "timeline": timeline, "actions": actions,

@@ -57,7 +57,7 @@ def age(then: datetime | None, now: datetime) -> str:
 
 
 def split_text(weights: dict[str, Any], shadow: str | None = None) -> str:
-    text = " / ".join(f"{name} {float(pct):g} %" for name, pct in weights.items())
+    text = " / ".join(f"{name} {float(pct):g}\u00a0%" for name, pct in weights.items())  # "%" never wraps alone
     return f"{text} (+ {shadow} mirrored)" if shadow else text
 
 

@@ -59,7 +59,7 @@ def test_overview_and_rollout_page_show_the_stored_values(world: World) -> None:
         assert overview.status_code == 200
         assert f'href="/rollouts/{rid}"' in overview.text
         assert "in shadow (mirrored, not served)" in overview.text
-        assert "fp32 100 % / int8 0 % (+ int8 mirrored)" in overview.text
+        assert "fp32 100\u00a0% / int8 0\u00a0% (+ int8 mirrored)" in overview.text
         assert "step 1 of 2 (shadow)" in overview.text
         page = client.get(f"/rollouts/{rid}")
         assert page.status_code == 200
@@ -79,7 +79,7 @@ def test_operator_sees_buttons_and_pause_pauses(world: World) -> None:
         _login(client, world.tokens["operator"])
         page = client.get(f"/rollouts/{rid}")
         actions = set(re.findall(rf"/rollouts/{rid}/actions/(\w+)", page.text))
-        assert actions == {"pause", "resume", "set_weight", "abort"}  # promote is admin-only
+        assert actions == {"pause", "set_weight", "abort"}  # promote is admin-only; resume is for paused ones
         version = int(re.search(r'name="version" value="(\d+)"', page.text).group(1))  # type: ignore[union-attr]
         r = client.post(f"/rollouts/{rid}/actions/pause", data={"version": version}, follow_redirects=False)
         assert r.status_code == 303 and "done=pause" in r.headers["location"]
