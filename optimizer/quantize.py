@@ -91,7 +91,7 @@ def prepare(src: Path, dst: Path) -> Path:
     so that node names (for nodes_to_exclude and node_sensitivity) stay the same across tries."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="modelroll-q-") as work:
+    with tempfile.TemporaryDirectory(prefix=".modelroll-q-", dir=dst.parent) as work:
         prepared = _prepare(Path(src), Path(work), pre_process=True)
         onnx.save(onnx.load(str(prepared)), str(dst))
     return dst
@@ -161,7 +161,7 @@ def quantize_int8_dynamic(src: Path, dst: Path, *, per_channel: bool = False,
     """Dynamic INT8: weights of MatMul (and embedding Gathers) stored as INT8, activations quantized at run time."""
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="modelroll-q-") as work:
+    with tempfile.TemporaryDirectory(prefix=".modelroll-q-", dir=dst.parent) as work:
         prepared = _prepare(src, Path(work), pre_process=pre_process)
         excluded = _check_excluded(prepared, nodes_to_exclude)
         quantize_dynamic(
@@ -189,7 +189,7 @@ def quantize_int8_static(src: Path, dst: Path, calibration: Sequence[dict[str, n
         raise InvalidInput(f"{method} calibration collects histograms and needs calibration batches of one shape "
                            f"(except the batch axis), got {len(shapes)} shapes: pad them alike or use minmax")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="modelroll-q-") as work:
+    with tempfile.TemporaryDirectory(prefix=".modelroll-q-", dir=dst.parent) as work:
         prepared = _prepare(src, Path(work), pre_process=pre_process)
         excluded = _check_excluded(prepared, nodes_to_exclude)
         quantize_static(
