@@ -101,6 +101,7 @@ def pages_router() -> APIRouter:
             lines = view.events(session, rollout_id)
             series = view.series_from_windows(view.load_windows(session, rollout_id))
             report = view.candidate_report(session, row)
+            report_lines = view.report_lines(report)
             timeline = view.timeline(row.spec or {}, row.step_index, row.phase)
         markers = view.step_markers(lines)
         classes = {summary.baseline: "baseline", summary.candidate: "candidate"}
@@ -115,7 +116,7 @@ def pages_router() -> APIRouter:
         actions = [a for a in ACTIONS if _can(who, a) and phase in COMMANDS[a].phases]
         return templates.TemplateResponse(request, "rollout.html", {
             "who": who, "r": summary, "cards": cards, "fmt_for": _fmt_for, "events": list(reversed(lines)),
-            "charts": charts, "report": report, "timeline": timeline, "actions": actions,
+            "charts": charts, "report": report, "report_lines": report_lines, "timeline": timeline, "actions": actions,
             "evaluation": evaluation, "done": request.query_params.get("done", ""),
             "error": request.query_params.get("error", ""), "anonymous": who.actor == ANONYMOUS,
         })

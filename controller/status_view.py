@@ -6,6 +6,7 @@ chart series per variant over time, and events as sentences.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,6 +20,9 @@ from sqlalchemy.orm import Session
 
 from controller.charts import Point
 from modelroll.db import CandidateReportRow, ModelRow, RolloutEventRow, RolloutRow, SampleWindowRow, utcnow
+from modelroll.report_table import Line, stored_table_lines
+
+log = logging.getLogger(__name__)
 
 PHASE_WORDS = {
     "pending": "waiting to start",
@@ -230,6 +234,17 @@ def timeline(spec: dict[str, Any], step_index: int, phase: str) -> list[dict[str
 def candidate_report(session: Session, row: RolloutRow) -> CandidateReportRow | None:
     return session.scalars(select(CandidateReportRow).where(
         CandidateReportRow.variant_id == row.candidate_variant_id).order_by(CandidateReportRow.id.desc())).first()
+
+
+def report_lines(report: CandidateReportRow | None) -> list[Line]:
+    """The optimizer's table for the candidate: the lines its Markdown and terminal reports print."""
+    if report is None:
+        return []
+    try:
+        return stored_table_lines(report.baseline_figures, report.candidate_figures, report.gates or {})
+    except (KeyError, TypeError, ValueError) as exc:  # a row of another figures schema: say so, keep the page
+        log.warning("candidate_report=%s figures unreadable: %r", report.id, exc)
+        return []
 
 
 def model_name(session: Session, row: RolloutRow) -> str:

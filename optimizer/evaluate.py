@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from optimizer.figures import Figures, LatencyFigures, MemoryFigures, QualityFigures
+from modelroll.figures import Figures, LatencyFigures, MemoryFigures, QualityFigures
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""The research report's table per candidate (metric | original | optimized | improvement), its gates, and renderings.
+"""The research report per candidate: its gates, and JSON, Markdown and rich views of the same `JobReport`.
 
-Gates are judged here, purely, from two `Figures` and the job's `Criteria`; JSON, Markdown and rich
-tables are three views of the same `JobReport`.
+Gates are judged here, purely, from two `Figures` and the job's `Criteria`; the table's lines come from
+`modelroll.report_table`, which the controller's status page renders too.
 """
 
 from __future__ import annotations
@@ -12,28 +12,9 @@ from typing import Any
 
 from rich.table import Table
 
+from modelroll.figures import Figures
+from modelroll.report_table import Gate, Line, gates_from_dict, gates_to_dict, table_lines
 from modelroll.types import Criteria, criteria_from_dict, criteria_to_dict
-from optimizer.figures import Figures, LatencyFigures
-
-
-@dataclass(frozen=True, slots=True)
-class Gate:
-    """One gate's verdict: `value` compared with `threshold` (value <= threshold passes)."""
-
-    name: str
-    passed: bool
-    value: float
-    threshold: float
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    metric: str
-    original: str
-    optimized: str
-    improvement: str
-    gate: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +39,8 @@ class CandidateReport:
             "error": self.error, "passed": self.passed,
             "baseline": self.baseline.to_dict(),
             "candidate": self.candidate.to_dict() if self.candidate else None,
-            "gates": {g.name: {"passed": g.passed, "value": g.value, "threshold": g.threshold,
-                               "message": g.message} for g in self.gates},
-            "table": [vars_of(line) for line in lines(self)],
+            "gates": gates_to_dict(self.gates),
+            "table": [line.to_dict() for line in lines(self)],
             "tries": [dict(t) for t in self.tries],
         }
 
@@ -82,11 +62,6 @@ class JobReport:
             "passed": [c.name for c in self.candidates if c.passed],
             "candidates": [c.to_dict() for c in self.candidates],
         }
-
-
-def vars_of(line: Line) -> dict[str, str]:
-    return {"metric": line.metric, "original": line.original, "optimized": line.optimized,
-            "improvement": line.improvement, "gate": line.gate}
 
 
 def _ratio_gate(name: str, what: str, base: float, cand: float, ratio_max: float) -> Gate:
@@ -131,88 +106,9 @@ def evaluate_gates(baseline: Figures, candidate: Figures, criteria: Criteria) ->
     return tuple(gates)
 
 
-def fmt_bytes(value: float) -> str:
-    return f"{value / 2**20:.1f} MiB" if abs(value) >= 2**20 else f"{value / 1024:.0f} KiB"
-
-
-def fmt_ms(value: float) -> str:
-    return f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
-
-
-def lower_is_better(base: float, cand: float) -> str:
-    if base <= 0:
-        return "n/a"
-    ratio = cand / base
-    word = "lower" if ratio <= 1 else "higher"
-    return f"{abs(1 - ratio):.1%} {word} ({ratio:.2f}×)"
-
-
-def _share(latency: LatencyFigures, threads: int) -> float:
-    """CPU time over the wall time the threads could have used: ~1 on a quiet machine."""
-    return latency.cpu_ms / (latency.mean_ms * threads) if latency.mean_ms > 0 else 0.0
-
-
-def _gate_text(gates: Mapping[str, Gate], name: str) -> str:
-    gate = gates.get(name)
-    if gate is None:
-        return ""
-    return f"{'pass' if gate.passed else 'FAIL'} (≤ {gate.threshold:.2f})"
-
-
 def lines(report: CandidateReport) -> list[Line]:
     """The table rows for one candidate; a failed candidate has none (its error says why)."""
-    base, cand = report.baseline, report.candidate
-    if cand is None:
-        return []
-    gates = {g.name: g for g in report.gates}
-    out = [Line("size on disk", fmt_bytes(base.size_bytes), fmt_bytes(cand.size_bytes),
-                lower_is_better(base.size_bytes, cand.size_bytes).replace("lower", "smaller"))]
-    for bl in base.latency:
-        cl = cand.latency_at(bl.batch_size)
-        if cl is None:
-            continue
-        b = bl.batch_size
-        for label, bv, cv, gate in (("p50", bl.p50_ms, cl.p50_ms, f"latency_p50_b{b}"),
-                                    ("p95", bl.p95_ms, cl.p95_ms, f"latency_p95_b{b}"),
-                                    ("p99", bl.p99_ms, cl.p99_ms, "")):
-            out.append(Line(f"latency {label}, batch {b}", fmt_ms(bv), fmt_ms(cv), lower_is_better(bv, cv),
-                            _gate_text(gates, gate)))
-        out.append(Line(f"CPU per request, batch {b}", fmt_ms(bl.cpu_ms), fmt_ms(cl.cpu_ms),
-                        lower_is_better(bl.cpu_ms, cl.cpu_ms)))
-        # The model's threads should own their CPUs while timed; much less means other processes competed.
-        shares = _share(bl, base.threads), _share(cl, cand.threads)
-        out.append(Line(f"CPU share while timed, batch {b}", f"{shares[0]:.0%}", f"{shares[1]:.0%}",
-                        "below 90%: a busy machine inflated latency" if min(shares) < 0.9 else ""))
-    for bm in base.memory:
-        cm = cand.memory_at(bm.batch_size)
-        if cm is None:
-            continue
-        b = bm.batch_size
-        out.append(Line(f"memory (model), batch {b}", fmt_bytes(bm.memory_bytes), fmt_bytes(cm.memory_bytes),
-                        lower_is_better(bm.memory_bytes, cm.memory_bytes), _gate_text(gates, f"memory_b{b}")))
-        out.append(Line(f"memory (process peak), batch {b}", fmt_bytes(bm.memory_total_bytes),
-                        fmt_bytes(cm.memory_total_bytes),
-                        lower_is_better(bm.memory_total_bytes, cm.memory_total_bytes)))
-    out.append(Line("runtime memory before load", fmt_bytes(base.runtime_bytes), fmt_bytes(cand.runtime_bytes),
-                    "same runtime, not the model's cost"))
-    if base.quality is not None and cand.quality is not None:
-        for metric in ("accuracy", "top1_agreement", "cosine_mean", "nn_agreement"):
-            bv, cv = getattr(base.quality, metric), getattr(cand.quality, metric)
-            if bv is None or cv is None:
-                continue
-            label = metric.replace("_", " ") + ("" if metric == "accuracy" else " with baseline")
-            is_gate = metric == cand.quality.metric
-            spec = ".4f" if metric == "cosine_mean" else ".2%"
-            out.append(Line(label, format(bv, spec), format(cv, spec), f"{(cv - bv) * 100:+.2f} points",
-                            _accuracy_gate_text(gates) if is_gate else ""))
-    return out
-
-
-def _accuracy_gate_text(gates: Mapping[str, Gate]) -> str:
-    gate = gates.get("accuracy")
-    if gate is None:
-        return ""
-    return f"{'pass' if gate.passed else 'FAIL'} (drop ≤ {gate.threshold * 100:.1f} points)"
+    return table_lines(report.baseline, report.candidate, report.gates)
 
 
 def recipe_text(recipe: Mapping[str, Any]) -> str:
@@ -256,8 +152,7 @@ def to_rich(report: JobReport) -> list[Table]:
 
 
 def candidate_from_dict(data: Mapping[str, Any]) -> CandidateReport:
-    gates = tuple(Gate(name, bool(g["passed"]), float(g["value"]), float(g["threshold"]), str(g["message"]))
-                  for name, g in (data.get("gates") or {}).items())
+    gates = gates_from_dict(data.get("gates") or {})
     cand = data.get("candidate")
     return CandidateReport(
         name=data["name"], recipe=data.get("recipe") or {}, status=data["status"],

@@ -20,15 +20,13 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page, ViewportSize, sync_playwright
-from sqlalchemy import select
 
 from controller.app import create_app
-from modelroll.db import CandidateReportRow, OptimizationJobRow, VariantRow, make_engine, make_session_factory
+from modelroll.db import make_engine, make_session_factory
 from modelroll.live import open_channel
 from modelroll.settings import Settings
-from modelroll.types import Criteria
 from modelroll.up import bind, url_of
-from tests.integration.controller_world import World, good_samples, make_world, own_database
+from tests.integration.controller_world import World, add_report, make_world, own_database, start_rollout
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -134,55 +132,6 @@ class StatusSite:
     rollout_id: int
 
 
-def start_rollout(world: World) -> int:
-    """A started rollout (shadow, then 100 %) with 1500 shadow pairs evaluated: results, windows, events."""
-    with world.client() as client:
-        r = client.post("/v1/rollouts", headers=world.auth("operator"), json={
-            "model": "digits", "baseline": "fp32", "candidate": "int8",
-            "steps": [{"weight_pct": 0, "shadow": True, "min_duration_s": 600, "min_samples": 100},
-                      {"weight_pct": 100, "min_duration_s": 0, "min_samples": 100}]})
-        assert r.status_code == 201, r.text
-        rollout_id = int(r.json()["id"])
-    reconciler = world.reconciler("browser-tests")
-    assert reconciler.elector.poll() is not None, "the test reconciler could not take the leader lock"
-    reconciler.tick()
-    world.channel.append_samples(good_samples(rollout_id, 0, 1500, world.clock.now.timestamp(), shadow=True))
-    reconciler.tick()
-    return rollout_id
-
-
-def add_report(world: World) -> None:
-    """An optimizer report for int8 stored the way the worker stores one (optimizer's own types and gates):
-    faster on every latency gate, but its memory misses the 60 % gate at batch 32."""
-    from optimizer.figures import Figures, LatencyFigures, MemoryFigures, QualityFigures
-    from optimizer.report import CandidateReport, evaluate_gates
-
-    def figures(latency_ms: float, memory_mib: tuple[float, float], size_bytes: int, accuracy: float) -> Figures:
-        return Figures(
-            size_bytes=size_bytes,
-            latency=tuple(LatencyFigures(b, latency_ms * b, latency_ms * b * 1.5, latency_ms * b * 2,
-                                         latency_ms * b * 1.1, latency_ms * b, 100, True) for b in (1, 32)),
-            memory=tuple(MemoryFigures(b, int(m * 2**20), int(m * 2**20) + 50 * 2**20)
-                         for b, m in zip((1, 32), memory_mib, strict=True)),
-            quality=QualityFigures("accuracy", 540, accuracy=accuracy), runtime_bytes=50 * 2**20, load_ms=30.0,
-            threads=1, onnxruntime="test")
-
-    base = figures(2.0, (80.0, 80.0), 48 * 2**20, 0.9722)
-    cand = figures(0.5, (20.0, 40.0), 3 * 2**20, 0.9685)
-    data = CandidateReport("prune,int8", {"recipe": "prune,int8", "requested": "prune:0.5,int8"}, "measured",
-                           base, cand, evaluate_gates(base, cand, Criteria()), variant="int8").to_dict()
-    with world.session_factory() as session, session.begin():
-        variant = session.scalars(select(VariantRow).where(VariantRow.name == "int8")).one()
-        job = OptimizationJobRow(model_id=variant.model_id, baseline_variant_id=variant.parent_id,
-                                 request={}, status="succeeded", progress=1.0)
-        session.add(job)
-        session.flush()
-        session.add(CandidateReportRow(job_id=job.id, name=data["name"], variant_id=variant.id,
-                                       recipe=data["recipe"], status=data["status"],
-                                       baseline_figures=data["baseline"], candidate_figures=data["candidate"],
-                                       gates=data["gates"], passed=data["passed"], tries=[]))
-
-
 @dataclass(frozen=True)
 class Seeded:
     """A database holding a started rollout, used as the template each test's own database is copied from."""
@@ -211,7 +160,7 @@ def seeded(pg_admin_url: str, redis_url: str) -> Iterator[Seeded]:
     for url in own_database(pg_admin_url):
         try:
             with contextmanager(make_world)(url, redis_url, prefix, leader_lease_s=3.0) as world:
-                rollout_id = start_rollout(world)
+                rollout_id = start_rollout(world, "browser-tests")
                 add_report(world)
                 tokens = dict(world.tokens)
         finally:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Dialog, Page, expect
 from sqlalchemy import select
 
 from modelroll.db import CandidateReportRow, RolloutEventRow, RolloutRow
+from modelroll.report_table import fmt_ms, stored_table_lines
 from tests.e2e.conftest import Browsing, StatusSite
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,27 +59,32 @@ def screenshots(page: Page, folder: Path, name: str) -> None:
 
 
 def check_report(page: Page, site: StatusSite) -> None:
-    """The optimizer's table shows the stored figures, and each gate's stored verdict."""
+    """The optimizer's table shows the stored figures, the kernel's lines all there, and each gate's stored verdict."""
     with site.world.session_factory() as session:
         report = session.scalars(select(CandidateReportRow)).one()
     base, cand, gates = report.baseline_figures, report.candidate_figures, report.gates
     table = page.locator("#report tbody")
+    expect(table.locator("tr")).to_have_count(len(stored_table_lines(base, cand, gates)))
+
+    def verdict(gate: dict[str, Any]) -> str:
+        return f"{'pass' if gate['passed'] else 'FAIL'} (≤ {gate['threshold']:.2f})"
+
     for bl, cl in zip(base["latency"], cand["latency"], strict=True):
         for which in ("p50", "p95"):
-            line = table.locator("tr", has_text=f"Latency {which}, batch {bl['batch_size']}")
+            line = table.locator("tr", has_text=f"latency {which}, batch {bl['batch_size']}")
             gate = gates[f"latency_{which}_b{bl['batch_size']}"]
             expect(line.locator("td")).to_have_text([
-                f"Latency {which}, batch {bl['batch_size']}", f"{bl[which + '_ms']:.3f} ms",
-                f"{cl[which + '_ms']:.3f} ms", re.compile(rf"^{(1 - gate['value']) * 100:.1f} % lower"),
-                "pass" if gate["passed"] else "fail"])
+                f"latency {which}, batch {bl['batch_size']}", fmt_ms(bl[which + "_ms"]),
+                fmt_ms(cl[which + "_ms"]), re.compile(rf"^{(1 - gate['value']) * 100:.1f}% lower"), verdict(gate)])
     for bm in base["memory"]:
         gate = gates[f"memory_b{bm['batch_size']}"]
-        line = table.locator("tr", has_text=f"Model memory, batch {bm['batch_size']}")
-        expect(line.locator("td").nth(4)).to_have_text("pass" if gate["passed"] else "fail")
+        line = table.locator("tr", has_text=f"memory (model), batch {bm['batch_size']}")
+        expect(line.locator("td").nth(4)).to_have_text(verdict(gate))
+        expect(line.locator(".verdict")).to_have_attribute("title", gate["message"])  # hover: the figures
     assert {g["passed"] for g in gates.values()} == {True, False}  # the seeded report has both verdicts
-    accuracy = table.locator("tr", has_text="Accuracy (offline eval set)")
-    expect(accuracy).to_contain_text(f"{base['quality']['accuracy'] * 100:.2f} %")
-    expect(accuracy).to_contain_text(f"{cand['quality']['accuracy'] * 100:.2f} %")
+    accuracy = table.locator("tr", has_text=re.compile(r"^\s*accuracy"))
+    expect(accuracy).to_contain_text(f"{base['quality']['accuracy'] * 100:.2f}%")
+    expect(accuracy).to_contain_text(f"{cand['quality']['accuracy'] * 100:.2f}%")
 
 
 def test_viewer_sees_the_stored_values_and_no_buttons(status_site: StatusSite, browsing: Browsing,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from alembic import command
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,10 +19,22 @@ from controller.app import create_app
 from controller.auth import create_token
 from controller.reconcile import Reconciler
 from modelroll import migrate
-from modelroll.db import ArtifactRow, Base, ModelRow, VariantRow, make_engine, make_session_factory
+from modelroll.db import (
+    ArtifactRow,
+    Base,
+    CandidateReportRow,
+    ModelRow,
+    OptimizationJobRow,
+    VariantRow,
+    make_engine,
+    make_session_factory,
+)
+from modelroll.figures import Figures, LatencyFigures, MemoryFigures, QualityFigures
 from modelroll.live import open_channel
 from modelroll.live.base import LiveChannel, Sample
 from modelroll.settings import Settings
+from modelroll.types import Criteria
+from optimizer.report import CandidateReport, evaluate_gates
 
 
 class Clock:
@@ -139,3 +152,52 @@ def own_database(pg_admin_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_rollout(world: World, holder: str = "test-leader") -> int:
+    """A started rollout (shadow, then 100 %) with 1500 shadow pairs evaluated: results, windows, events."""
+    with world.client() as client:
+        r = client.post("/v1/rollouts", headers=world.auth("operator"), json={
+            "model": "digits", "baseline": "fp32", "candidate": "int8",
+            "steps": [{"weight_pct": 0, "shadow": True, "min_duration_s": 600, "min_samples": 100},
+                      {"weight_pct": 100, "min_duration_s": 0, "min_samples": 100}]})
+        assert r.status_code == 201, r.text
+        rollout_id = int(r.json()["id"])
+    reconciler = world.reconciler(holder)
+    assert reconciler.elector.poll() is not None, "the test reconciler could not take the leader lock"
+    reconciler.tick()
+    world.channel.append_samples(good_samples(rollout_id, 0, 1500, world.clock.now.timestamp(), shadow=True))
+    reconciler.tick()
+    return rollout_id
+
+
+def add_report(world: World) -> CandidateReport:
+    """An optimizer report for int8 stored the way the worker stores one (optimizer's own types and gates):
+    faster on every latency gate, but its memory misses the 60 % gate at batch 32."""
+
+    def figures(latency_ms: float, memory_mib: tuple[float, float], size_bytes: int, accuracy: float) -> Figures:
+        return Figures(
+            size_bytes=size_bytes,
+            latency=tuple(LatencyFigures(b, latency_ms * b, latency_ms * b * 1.5, latency_ms * b * 2,
+                                         latency_ms * b * 1.1, latency_ms * b, 100, True) for b in (1, 32)),
+            memory=tuple(MemoryFigures(b, int(m * 2**20), int(m * 2**20) + 50 * 2**20)
+                         for b, m in zip((1, 32), memory_mib, strict=True)),
+            quality=QualityFigures("accuracy", 540, accuracy=accuracy), runtime_bytes=50 * 2**20, load_ms=30.0,
+            threads=1, onnxruntime="test")
+
+    base = figures(2.0, (80.0, 80.0), 48 * 2**20, 0.9722)
+    cand = figures(0.5, (20.0, 40.0), 3 * 2**20, 0.9685)
+    report = CandidateReport("prune,int8", {"recipe": "prune,int8", "requested": "prune:0.5,int8"}, "measured",
+                             base, cand, evaluate_gates(base, cand, Criteria()), variant="int8")
+    data = report.to_dict()
+    with world.session_factory() as session, session.begin():
+        variant = session.scalars(select(VariantRow).where(VariantRow.name == "int8")).one()
+        job = OptimizationJobRow(model_id=variant.model_id, baseline_variant_id=variant.parent_id,
+                                 request={}, status="succeeded", progress=1.0)
+        session.add(job)
+        session.flush()
+        session.add(CandidateReportRow(job_id=job.id, name=data["name"], variant_id=variant.id,
+                                       recipe=data["recipe"], status=data["status"],
+                                       baseline_figures=data["baseline"], candidate_figures=data["candidate"],
+                                       gates=data["gates"], passed=data["passed"], tries=[]))
+    return report

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 
 import pytest
+from markupsafe import escape
+from sqlalchemy import update
 
-from modelroll.db import RolloutRow
-from tests.integration.controller_world import World, good_samples, make_world
+from modelroll.db import CandidateReportRow, RolloutRow
+from optimizer.report import lines
+from tests.integration.controller_world import World, add_report, make_world, start_rollout
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -16,22 +20,6 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture()
 def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
     yield from make_world(pg_url, redis_url, redis_prefix, leader_lease_s=3.0)
-
-
-def _started_rollout(world: World) -> int:
-    with world.client() as client:
-        r = client.post("/v1/rollouts", headers=world.auth("operator"), json={
-            "model": "digits", "baseline": "fp32", "candidate": "int8",
-            "steps": [{"weight_pct": 0, "shadow": True, "min_duration_s": 600, "min_samples": 100},
-                      {"weight_pct": 100, "min_duration_s": 0, "min_samples": 100}]})
-        assert r.status_code == 201, r.text
-        rid = int(r.json()["id"])
-    rec = world.reconciler("pages")
-    assert rec.elector.poll() is not None
-    rec.tick()
-    world.channel.append_samples(good_samples(rid, 0, 1500, world.clock.now.timestamp(), shadow=True))
-    rec.tick()
-    return rid
 
 
 def _login(client, token: str) -> None:  # type: ignore[no-untyped-def]
@@ -48,7 +36,7 @@ def test_pages_need_a_login_when_anonymous_viewers_are_off(world: World) -> None
 
 
 def test_overview_and_rollout_page_show_the_stored_values(world: World) -> None:
-    rid = _started_rollout(world)
+    rid = start_rollout(world, "pages")
     with world.session_factory() as s:
         row = s.get(RolloutRow, rid)
         assert row is not None
@@ -73,8 +61,43 @@ def test_overview_and_rollout_page_show_the_stored_values(world: World) -> None:
         assert "/actions/" not in page.text
 
 
+def _report_rows(page: str) -> list[list[str]]:
+    """The cells of the page's optimizer table, as text (tags dropped, entities decoded)."""
+    table = re.search(r'<table id="report">.*?<tbody>(.*?)</tbody>', page, re.S)
+    assert table is not None, "the rollout page shows no optimizer table"
+    return [[html.unescape(re.sub(r"<[^>]+>", "", cell)).strip() for cell in re.findall(r"<td>(.*?)</td>", tr, re.S)]
+            for tr in re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)]
+
+
+def test_rollout_page_shows_the_optimizer_report_line_for_line(world: World) -> None:
+    rid = start_rollout(world, "pages")
+    with world.client() as client:
+        _login(client, world.tokens["viewer"])
+        assert "registered by hand" in client.get(f"/rollouts/{rid}").text
+        report = add_report(world)
+        page = client.get(f"/rollouts/{rid}").text
+    expected = [[x.metric, x.original, x.optimized, x.improvement, x.gate] for x in lines(report)]
+    assert _report_rows(page) == expected  # the rows, in the words, of `modelroll optimize report`
+    assert len(expected) == 17 and expected[1][:3] == ["latency p50, batch 1", "2.000 ms", "0.500 ms"]
+    failed = [g for g in report.gates if not g.passed]
+    assert [g.name for g in failed] == ["memory_b32"]
+    assert f'class="verdict verdict-fail" title="{escape(failed[0].message)}">FAIL' in page
+
+
+def test_rollout_page_says_so_when_the_stored_figures_cannot_be_read(world: World) -> None:
+    rid = start_rollout(world, "pages")
+    add_report(world)
+    with world.session_factory() as session, session.begin():  # figures of some other schema
+        session.execute(update(CandidateReportRow).values(candidate_figures={"size_bytes": 1}))
+    with world.client() as client:
+        _login(client, world.tokens["viewer"])
+        page = client.get(f"/rollouts/{rid}")
+    assert page.status_code == 200
+    assert "stored figures for this candidate could not be read" in page.text and 'id="report"' not in page.text
+
+
 def test_operator_sees_buttons_and_pause_pauses(world: World) -> None:
-    rid = _started_rollout(world)
+    rid = start_rollout(world, "pages")
     with world.client() as client:
         _login(client, world.tokens["operator"])
         page = client.get(f"/rollouts/{rid}")
@@ -90,7 +113,7 @@ def test_operator_sees_buttons_and_pause_pauses(world: World) -> None:
 
 
 def test_page_actions_refuse_bad_input(world: World) -> None:
-    rid = _started_rollout(world)
+    rid = start_rollout(world, "pages")
     with world.client() as client:
         _login(client, world.tokens["admin"])
         assert client.post(f"/rollouts/{rid}/actions/explode", data={"version": 1}).status_code == 404

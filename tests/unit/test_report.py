@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
+from modelroll.figures import Figures, LatencyFigures, MemoryFigures, QualityFigures
 from modelroll.types import Criteria
-from optimizer.figures import Figures, LatencyFigures, MemoryFigures, QualityFigures
 from optimizer.report import (
     CandidateReport,
     JobReport,
