@@ -1,6 +1,6 @@
 """Browser fixtures: Debian's chromium driven by Playwright, and the controller served for real by uvicorn.
 
-The browser is launched once per session; each test gets a fresh context whose console errors and page
+The browser is launched once per module; each test gets a fresh context whose console errors and page
 errors are collected and must be empty when the test ends. The page's own auto-refresh timer is frozen
 (Playwright's clock) so a reload never lands in the middle of a click; tests advance it when they mean to.
 """
@@ -52,7 +52,9 @@ def ensure_chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running on the main thread while it
+# is open, and every later test that calls asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     executable = ensure_chromium()
     with sync_playwright() as playwright:
