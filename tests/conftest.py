@@ -10,6 +10,7 @@ import pytest
 
 from modelroll.settings import Settings
 from tests import services
+from tests.loopback import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +53,17 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture()
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A started redis-server of this test's own, for tests that stop and restart Redis; stopped after."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture()

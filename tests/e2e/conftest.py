@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Error, Page, ViewportSize, sync_playwright
@@ -25,8 +23,8 @@ from controller.app import create_app
 from modelroll.db import make_engine, make_session_factory
 from modelroll.live import open_channel
 from modelroll.settings import Settings
-from modelroll.up import bind, url_of
 from tests.integration.controller_world import World, add_report, make_world, own_database, start_rollout
+from tests.loopback import ServedApp
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -102,31 +100,6 @@ def browsing(browser: Browser) -> Iterator[Browsing]:
     assert not out.errors, "\n".join(out.errors)
 
 
-class ServedApp:
-    """An ASGI app under uvicorn on a background thread, on a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.sock = bind("127.0.0.1", 0)
-        self.url = url_of(self.sock)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                                    timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True,
-                                       name="status-pages")
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise AssertionError("uvicorn did not start serving the controller app within 20 s")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 @dataclass
 class StatusSite:
     url: str
@@ -185,7 +158,7 @@ def status_site(seeded: Seeded, pg_admin_url: str, redis_url: str, redis_prefix:
     engine = make_engine(settings)
     channel = open_channel(settings)
     world = World(settings, engine, make_session_factory(engine), channel, dict(seeded.tokens))
-    served = ServedApp(create_app(settings, channel, world.session_factory))
+    served = ServedApp(create_app(settings, channel, world.session_factory), "status-pages")
     try:
         yield StatusSite(served.url, world, seeded.rollout_id)
     finally:

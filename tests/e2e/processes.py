@@ -1,4 +1,4 @@
-"""Real processes on loopback for the end-to-end tests: `modelroll` services and a private redis-server.
+"""Real processes on loopback for the end-to-end tests: the `modelroll` services (router, controller, worker).
 
 Each one logs to a file, answers a readiness poll with a deadline, and stops with SIGTERM (SIGKILL after a grace).
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +17,9 @@ from typing import Any
 
 import httpx
 
+from tests.loopback import free_port
+
 MODELROLL = str(Path(sys.executable).parent / "modelroll")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.05) -> Any:
@@ -160,34 +155,3 @@ class Worker(Process):
     def ready(self) -> bool:
         self.check_alive()
         return httpx.get(f"{self.url}/metrics", timeout=2).status_code == 200
-
-
-class RedisServer:
-    """A redis-server of the test's own on a free loopback port, without persistence: stopping it disturbs no one."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(f"redis-server on port {self.port}", self._accepts, 20)
-
-    def _accepts(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"redis-server on port {self.port} exited {self.proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-            self.proc = None

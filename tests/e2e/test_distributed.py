@@ -26,7 +26,8 @@ from modelroll import migrate
 from modelroll.artifacts import ArtifactStore
 from modelroll.db import RolloutEventRow, make_engine, make_session_factory
 from modelroll.settings import Settings
-from tests.e2e.processes import Controller, RedisServer, Router, Worker, metric, stop_all, wait_for
+from tests.e2e.processes import Controller, Router, Worker, metric, stop_all, wait_for
+from tests.loopback import RedisServer
 
 pytestmark = pytest.mark.timeout(300)
 

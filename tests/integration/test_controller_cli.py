@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from typer.testing import CliRunner
 
 from controller.app import create_app
 from modelroll.cli import app as cli_app
 from tests.integration.controller_world import World, good_samples, make_world
+from tests.loopback import ServedApp
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,19 +24,11 @@ def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
 
 @pytest.fixture()
 def url(world: World) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(world.settings, world.channel, world.session_factory),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    served = ServedApp(create_app(world.settings, world.channel, world.session_factory), "controller-api")
+    try:
+        yield served.url
+    finally:
+        served.stop()
 
 
 def run(world: World, url: str, *args: str, role: str = "operator") -> Any:

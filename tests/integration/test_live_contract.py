@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +17,7 @@ from modelroll.live.redis_backend import RedisChannel
 from modelroll.live.redis_watch import RedisSplitWatcher
 from modelroll.live.sample_codec import decode_sample, decode_samples
 from modelroll.settings import Settings
+from tests.loopback import RedisServer
 
 MakeChannel = Callable[..., LiveChannel]
 
@@ -437,43 +436,8 @@ def test_split_watcher_resyncs_after_its_connection_is_killed(redis_url: str, re
         raw.close()
 
 
-@pytest.fixture()
-def private_redis() -> Iterator[Callable[[bool], str]]:
-    """A redis-server of this test's own on a free loopback port; call with False to stop, True to (re)start."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def switch(up: bool) -> str:
-        if up:
-            procs.append(subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_for(lambda: _accepts(port), what=f"redis-server on port {port}")
-        else:
-            procs[-1].terminate()
-            procs[-1].wait(timeout=10)
-        return f"redis://127.0.0.1:{port}/0"
-
-    yield switch
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def test_router_side_survives_a_redis_restart(private_redis: Callable[[bool], str]) -> None:
-    url = private_redis(True)
-    channel = RedisChannel(url, prefix="modelroll:", timeout_s=0.5)
+def test_router_side_survives_a_redis_restart(private_redis: RedisServer) -> None:
+    channel = RedisChannel(private_redis.url, prefix="modelroll:", timeout_s=0.5)
     seen: list[SplitConfig] = []
     try:
         watcher = channel.watch_splits(seen.append)
@@ -483,13 +447,13 @@ def test_router_side_survives_a_redis_restart(private_redis: Callable[[bool], st
         assert channel.read_samples("g", "c", count=10).ids == []
         assert channel.claim_job("optimize", "w", visibility_timeout_s=10, max_attempts=3) is None
 
-        private_redis(False)
+        private_redis.stop()
         wait_for(lambda: not watcher.connected.is_set(), what="the watcher noticing Redis is gone")
         with pytest.raises(Unavailable):
             channel.append_samples([sample(1)])
         assert watcher.alive
 
-        private_redis(True)  # comes back empty: no persistence
+        private_redis.start()  # comes back empty: no persistence
         after = wait_for(lambda: _try_publish(channel), what="publishing once Redis is back")
         wait_for(lambda: seen[-1] == after, what="the split published after the restart")
         channel.append_samples([sample(2)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from modelroll.migrate import ensure_schema
 from modelroll.settings import Settings
 from optimizer.jobs import JobContext, make_context
 from optimizer.worker import Worker
+from tests.loopback import free_port
 
 MODELROLL = str(Path(sys.executable).parent / "modelroll")
 
@@ -111,12 +111,6 @@ def children_measuring(pid: int) -> list[int]:
         if ppid == pid and b"optimizer.measure" in cmdline and "State:\tZ" not in status:
             found.append(int(entry.name))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_worker(stack: Stack, log: Path, **env: str) -> subprocess.Popen[bytes]:
