@@ -95,13 +95,14 @@ def _variant_row(session: Session, model: ModelRow, name: str) -> VariantRow:
     return row
 
 
-def _artifact_row(session: Session, stored: StoredArtifact) -> ArtifactRow:
-    """The row for this content, shared by every variant whose bytes are identical."""
+def stored_artifact_row(session: Session, stored: StoredArtifact) -> ArtifactRow:
+    """The row for this content (flushed, so it has its id), shared by every variant whose bytes are identical."""
     row = session.scalar(select(ArtifactRow).where(ArtifactRow.sha256 == stored.sha256))
     if row is None:
         row = ArtifactRow(sha256=stored.sha256, size_bytes=stored.size_bytes, format=stored.format,
                           path=stored.relpath)
         session.add(row)
+        _flush(session, f"artifact {stored.sha256[:12]}…")
     return row
 
 
@@ -129,7 +130,7 @@ def register_model(session: Session, store: ArtifactStore, path: Path, name: str
     if existing is not None:
         raise Conflict(f"model {name!r} already exists (registered {_when(existing.created_at)}); pick another name")
     stored = store.put_file(path, "onnx")
-    artifact = _artifact_row(session, stored)
+    artifact = stored_artifact_row(session, stored)
     model = ModelRow(name=name, description=description)
     session.add(model)
     _flush(session, f"model {name!r}")
@@ -176,9 +177,8 @@ def add_variant(session: Session, store: ArtifactStore, model: str, name: str, a
         if fmt == "onnx":
             check_onnx(Path(artifact))
         stored = store.put_file(Path(artifact), fmt)
-    artifact_row = _artifact_row(session, stored)
-    source_row = _artifact_row(session, source) if source is not None else None
-    _flush(session, f"artifact {stored.sha256[:12]}…")
+    artifact_row = stored_artifact_row(session, stored)
+    source_row = stored_artifact_row(session, source) if source is not None else None
     variant = VariantRow(model_id=model_row.id, name=name, role=role.value, artifact_id=artifact_row.id,
                          source_artifact_id=source_row.id if source_row is not None else None,
                          parent_id=parent_row.id if parent_row is not None else None, recipe=recipe_dict)

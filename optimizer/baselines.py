@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelroll.artifacts import ArtifactStore, StoredArtifact
-from modelroll.catalog import register_model
+from modelroll.catalog import register_model, stored_artifact_row
 from modelroll.db import ArtifactRow, VariantRow
 from modelroll.errors import InvalidInput
 from optimizer.sources import (
@@ -59,16 +58,6 @@ def builtin_source(name: str, cache_dir: Path) -> ModelSource:
     raise InvalidInput(f"{name!r} is not a built-in model: built-ins are {list(BUILTINS)}")
 
 
-def _artifact_row(session: Session, stored: StoredArtifact) -> ArtifactRow:
-    row = session.scalar(select(ArtifactRow).where(ArtifactRow.sha256 == stored.sha256))
-    if row is None:
-        row = ArtifactRow(sha256=stored.sha256, size_bytes=stored.size_bytes, format=stored.format,
-                          path=stored.relpath)
-        session.add(row)
-        session.flush()
-    return row
-
-
 def _store_torch(store: ArtifactStore, name: str, source: ModelSource) -> StoredArtifact:
     if name == "minilm-l6":
         return store.put_file(minilm_dir(), "hf")
@@ -86,7 +75,7 @@ def register_builtin(session: Session, store: ArtifactStore, name: str, cache_di
         path = Path(tmp) / "eval.npz"
         np.savez(path, **eval_arrays(name, cache_dir))  # type: ignore[arg-type]
         eval_stored = store.put_file(path, "npz")
-    torch_row = _artifact_row(session, _store_torch(store, name, source))
+    torch_row = stored_artifact_row(session, _store_torch(store, name, source))
     _, variant = register_model(session, store, source.onnx_path, name,
                                 description=f"built-in {name} model (torch source and eval set included)")
     variant.source_artifact_id = torch_row.id

@@ -21,7 +21,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelroll.artifacts import ArtifactStore, StoredArtifact
-from modelroll.catalog import add_variant
+from modelroll.catalog import add_variant, stored_artifact_row
 from modelroll.db import (
     ArtifactRow,
     CandidateReportRow,
@@ -253,13 +253,7 @@ class JobRun:
             row = add_variant(session, self.ctx.store, inputs.model, str(report.variant), stored,
                               role=Role.CANDIDATE, parent=inputs.baseline.name, recipe=recipe)
             return row.id
-        artifact = session.scalar(select(ArtifactRow).where(ArtifactRow.sha256 == stored.sha256))
-        if artifact is None:
-            artifact = ArtifactRow(sha256=stored.sha256, size_bytes=stored.size_bytes, format=stored.format,
-                                   path=stored.relpath)
-            session.add(artifact)
-            session.flush()
-        existing.artifact_id, existing.recipe = artifact.id, recipe
+        existing.artifact_id, existing.recipe = stored_artifact_row(session, stored).id, recipe
         return existing.id
 
 
