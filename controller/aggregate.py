@@ -123,8 +123,9 @@ def fold(samples: Iterable[Sample], routes: Mapping[int, Route], by_model: Mappi
 
 
 def observations(windows: Sequence[SampleWindowRow], baseline: str, candidate: str, looks: int = 1,
-                 offline_memory_bytes: int | None = None) -> Observations:
-    """Both arms since the rollout started (cumulative over steps), from its windows in time order."""
+                 offline_memory_bytes: tuple[int | None, int | None] = (None, None)) -> Observations:
+    """Both arms since the rollout started (cumulative over steps), from its windows in time order;
+    `offline_memory_bytes` is the optimizer's (baseline, candidate) figure, shown beside the live one."""
     ordered = sorted(windows, key=lambda w: (w.window_start, w.id or 0))
 
     def arm(variant: str, offline: int | None = None) -> ArmObservations:
@@ -145,7 +146,8 @@ def observations(windows: Sequence[SampleWindowRow], baseline: str, candidate: s
                 out.update((w.data or {}).get("labels", {}))
         return out
 
-    return Observations(baseline=arm(baseline), candidate=arm(candidate, offline_memory_bytes),
+    return Observations(baseline=arm(baseline, offline_memory_bytes[0]),
+                        candidate=arm(candidate, offline_memory_bytes[1]),
                         paired=pair(labels(baseline), labels(candidate)), looks=looks)
 
 

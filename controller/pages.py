@@ -21,6 +21,7 @@ from controller.api_rollouts import apply_command
 from controller.auth import ANONYMOUS, ROLES, Principal, authenticate
 from controller.charts import interval_chart, line_chart
 from controller.machine import COMMANDS
+from modelroll.catalog import newest_report
 from modelroll.db import RolloutRow
 from modelroll.errors import ModelrollError, NotFound, Unauthorized
 from modelroll.types import Phase
@@ -100,7 +101,7 @@ def pages_router() -> APIRouter:
             cards = view.criterion_cards(evaluation.get("results", []))
             lines = view.events(session, rollout_id)
             series = view.series_from_windows(view.load_windows(session, rollout_id))
-            report = view.candidate_report(session, row)
+            report = newest_report(session, row.candidate_variant_id)
             report_lines = view.report_lines(report)
             timeline = view.timeline(row.spec or {}, row.step_index, row.phase)
         markers = view.step_markers(lines)

@@ -39,8 +39,10 @@ from controller.transitions import (
     write,
 )
 from controller.webhooks import WebhookNotifier
-from modelroll.db import CandidateReportRow, RolloutRow
+from modelroll.catalog import newest_report
+from modelroll.db import RolloutRow
 from modelroll.errors import Unavailable
+from modelroll.figures import Figures
 from modelroll.live.base import LiveChannel
 from modelroll.settings import Settings
 from modelroll.types import TERMINAL_PHASES, Criteria, CriterionResult, Phase, Verdict
@@ -184,11 +186,21 @@ class Reconciler:
         return evaluation, record
 
     @staticmethod
-    def _offline_memory(session: Session, row: RolloutRow) -> int | None:
-        report = session.scalars(select(CandidateReportRow).where(
-            CandidateReportRow.variant_id == row.candidate_variant_id).order_by(CandidateReportRow.id.desc())).first()
-        value = (report.candidate_figures or {}).get("memory_bytes") if report is not None else None
-        return int(value) if isinstance(value, (int, float)) else None
+    def _offline_memory(session: Session, row: RolloutRow) -> tuple[int | None, int | None]:
+        """The optimizer's model memory (baseline, candidate) at the smallest batch both were measured at."""
+        report = newest_report(session, row.candidate_variant_id)
+        if report is None or not report.candidate_figures:
+            return None, None
+        try:
+            base, cand = Figures.from_dict(report.baseline_figures), Figures.from_dict(report.candidate_figures)
+        except (KeyError, TypeError, ValueError) as exc:  # a row of another figures schema: no offline note
+            log.warning("rollout=%s candidate_report=%s figures unreadable: %r", row.id, report.id, exc)
+            return None, None
+        pairs = [(b, c) for b in base.memory if (c := cand.memory_at(b.batch_size)) is not None]
+        if not pairs:
+            return None, None
+        b, c = min(pairs, key=lambda pair: pair[0].batch_size)
+        return b.memory_bytes, c.memory_bytes
 
     def publish_desired_splits(self) -> int:
         """Republish any model's split that differs from its newest started rollout (e.g. after a crash)."""

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.charts import Point
-from modelroll.db import CandidateReportRow, ModelRow, RolloutEventRow, RolloutRow, SampleWindowRow, utcnow
+from modelroll.db import CandidateReportRow, RolloutEventRow, RolloutRow, SampleWindowRow, utcnow
 from modelroll.report_table import Line, stored_table_lines
 
 log = logging.getLogger(__name__)
@@ -231,11 +231,6 @@ def timeline(spec: dict[str, Any], step_index: int, phase: str) -> list[dict[str
     return out
 
 
-def candidate_report(session: Session, row: RolloutRow) -> CandidateReportRow | None:
-    return session.scalars(select(CandidateReportRow).where(
-        CandidateReportRow.variant_id == row.candidate_variant_id).order_by(CandidateReportRow.id.desc())).first()
-
-
 def report_lines(report: CandidateReportRow | None) -> list[Line]:
     """The optimizer's table for the candidate: the lines its Markdown and terminal reports print."""
     if report is None:
@@ -245,11 +240,6 @@ def report_lines(report: CandidateReportRow | None) -> list[Line]:
     except (KeyError, TypeError, ValueError) as exc:  # a row of another figures schema: say so, keep the page
         log.warning("candidate_report=%s figures unreadable: %r", report.id, exc)
         return []
-
-
-def model_name(session: Session, row: RolloutRow) -> str:
-    model = session.get(ModelRow, row.model_id)
-    return model.name if model is not None else str((row.spec or {}).get("model", ""))
 
 
 def load_windows(session: Session, rollout_id: int) -> list[SampleWindowRow]:

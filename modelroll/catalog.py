@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from modelroll.artifacts import ArtifactStore, StoredArtifact
-from modelroll.db import ArtifactRow, ModelRow, VariantRow
+from modelroll.db import ArtifactRow, CandidateReportRow, ModelRow, VariantRow
 from modelroll.errors import Conflict, InvalidInput, NotFound
 from modelroll.types import Role, check_name
 
@@ -104,6 +104,12 @@ def stored_artifact_row(session: Session, stored: StoredArtifact) -> ArtifactRow
         session.add(row)
         _flush(session, f"artifact {stored.sha256[:12]}…")
     return row
+
+
+def newest_report(session: Session, variant_id: int) -> CandidateReportRow | None:
+    """The optimizer's newest report on a variant; None for a variant registered by hand."""
+    return session.scalars(select(CandidateReportRow).where(CandidateReportRow.variant_id == variant_id)
+                           .order_by(CandidateReportRow.id.desc())).first()
 
 
 def _flush(session: Session, what: str) -> None:

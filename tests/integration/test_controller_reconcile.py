@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from controller.fencing import StaleLeader, fenced
 from modelroll.db import RolloutEventRow, RolloutRow, SampleWindowRow
-from tests.integration.controller_world import World, good_samples, make_world
+from tests.integration.controller_world import World, add_report, good_samples, make_world
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,6 +90,27 @@ def test_candidate_errors_roll_back_at_once(world: World) -> None:
     assert dict(world.channel.get_splits()["digits"].weights) == {"fp32": 100.0}
     last = events(world, rid)[-1]
     assert last.kind == "rolled_back" and "errors" in last.reason and last.evidence["verdict"] == "fail"
+
+
+def test_memory_verdict_shows_the_optimizers_offline_figure_beside_the_live_one(world: World) -> None:
+    def memory_message(rid: int) -> str:
+        with world.session_factory() as s:
+            row = s.get(RolloutRow, rid)
+            assert row is not None
+            return str(next(r["message"] for r in row.evaluation["results"] if r["criterion"] == "memory"))
+
+    rid = create(world, [{"weight_pct": 0, "shadow": True, "min_duration_s": 600, "min_samples": 100},
+                         {"weight_pct": 100, "min_duration_s": 0, "min_samples": 100}])
+    rec = lead(world)
+    rec.tick()
+    world.channel.append_samples(good_samples(rid, 0, 500, 1_000_000.0, shadow=True))
+    rec.tick()
+    assert "offline" not in memory_message(rid)  # int8 has no optimizer report yet
+    report = add_report(world)
+    base, cand = report.baseline.memory[0], report.candidate.memory[0]  # type: ignore[union-attr]
+    world.channel.append_samples(good_samples(rid, 0, 500, 1_000_001.0, shadow=True))
+    rec.tick()
+    assert f"(offline {cand.memory_bytes / base.memory_bytes:.2f}×)" in memory_message(rid)  # batch 1: 0.25×
 
 
 def test_redelivered_samples_are_not_counted_twice(world: World) -> None:

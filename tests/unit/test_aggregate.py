@@ -58,12 +58,12 @@ def test_observations_are_cumulative_in_time_order_with_memory_and_labels() -> N
                Sample(kind="feedback", model="digits", variant="int8", ts=103.0, rollout_id=4, request_id="r2",
                       correct=True)]
     windows, _ = fold(samples, ROUTES, BY_MODEL)
-    obs = observations(list(reversed(rows(windows))), "fp32", "int8", looks=3, offline_memory_bytes=900)
+    obs = observations(list(reversed(rows(windows))), "fp32", "int8", looks=3, offline_memory_bytes=(None, 900))
     np.testing.assert_array_equal(obs.baseline.latency_ms, [8.0, 9.0])
     np.testing.assert_array_equal(obs.candidate.memory_bytes, [1000.0, 1200.0])
     assert (obs.candidate.labelled, obs.candidate.correct, obs.baseline.labelled) == (2, 1, 1)
     assert obs.paired.baseline_only == 1 and obs.paired.n == 1
-    assert obs.looks == 3 and obs.candidate.offline_memory_bytes == 900
+    assert obs.looks == 3 and obs.candidate.offline_memory_bytes == 900 and obs.baseline.offline_memory_bytes is None
 
 
 def test_merging_a_window_twice_adds_up() -> None:
