@@ -42,17 +42,9 @@ def redis_url() -> str:
 @pytest.fixture()
 def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix no other test or run uses; its keys are deleted after the test."""
-    import redis
-
     prefix = f"modelroll-test:{uuid.uuid4().hex[:12]}:"
     yield prefix
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    services.drop_redis_keys(redis_url, prefix)
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Start the machine's PostgreSQL and Redis when they are down (CI and fresh sessions)."""
+"""The machine's PostgreSQL and Redis: started when they are down (CI and fresh sessions), a test's keys dropped."""
 
 from __future__ import annotations
 
@@ -54,6 +54,19 @@ def start_redis() -> None:
 def ensure_redis() -> None:
     if not _port_open(REDIS_HOST, REDIS_PORT):
         start_redis()
+
+
+def drop_redis_keys(redis_url: str, prefix: str) -> None:
+    """Delete every key under `prefix` (a test's own), leaving everyone else's."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def pg_admin_url() -> str:

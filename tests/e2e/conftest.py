@@ -25,6 +25,7 @@ from modelroll.live import open_channel
 from modelroll.settings import Settings
 from tests.integration.controller_world import World, add_report, make_world, own_database, start_rollout
 from tests.loopback import ServedApp
+from tests.services import drop_redis_keys
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -116,18 +117,6 @@ class Seeded:
     tokens: dict[str, str]
 
 
-def _drop_keys(redis_url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="module")
 def seeded(pg_admin_url: str, redis_url: str) -> Iterator[Seeded]:
     """Seeded and evaluated once per module (the statistics take seconds); every test gets a copy."""
@@ -139,7 +128,7 @@ def seeded(pg_admin_url: str, redis_url: str) -> Iterator[Seeded]:
                 add_report(world)
                 tokens = dict(world.tokens)
         finally:
-            _drop_keys(redis_url, prefix)
+            drop_redis_keys(redis_url, prefix)
         yield Seeded(url.rsplit("/", 1)[1], rollout_id, tokens)
 
 
