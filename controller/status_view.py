@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from controller.charts import Point
-from modelroll.db import CandidateReportRow, RolloutEventRow, RolloutRow, SampleWindowRow, utcnow
+from modelroll.db import CandidateReportRow, RolloutEventRow, RolloutRow, SampleWindowRow
 from modelroll.report_table import Line, stored_table_lines
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,6 @@ class RolloutSummary:
     terminal: bool
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=utcnow().tzinfo)
-
-
 def summarize(row: RolloutRow, now: datetime) -> RolloutSummary:
     spec = row.spec or {}
     steps = spec.get("steps", [])
@@ -98,7 +94,7 @@ def summarize(row: RolloutRow, now: datetime) -> RolloutSummary:
         candidate=str(spec.get("candidate", "")), phase=row.phase, phase_words=PHASE_WORDS.get(row.phase, row.phase),
         split=split_text(dict(row.weights or {}), shadow),
         step_text=f"step {row.step_index + 1} of {len(steps)} ({what})",
-        age=age(_as_utc(row.created_at), now), why=row.last_reason or "no decision yet",
+        age=age(row.created_at, now), why=row.last_reason or "no decision yet",
         version=row.version, terminal=row.phase in ("promoted", "rolled_back", "aborted", "failed"),
     )
 
@@ -165,7 +161,7 @@ class Series:
 def series_from_windows(windows: Sequence[SampleWindowRow]) -> Series:
     merged: dict[tuple[str, datetime], list[SampleWindowRow]] = defaultdict(list)
     for w in windows:
-        merged[(w.variant, _as_utc(w.window_start))].append(w)
+        merged[(w.variant, w.window_start)].append(w)
     out = Series()
     for (variant, start), rows in sorted(merged.items(), key=lambda kv: kv[0][1]):
         latencies = np.asarray([x for r in rows for x in (r.data or {}).get("latency_ms", [])], dtype=np.float64)
@@ -199,7 +195,7 @@ class EventLine:
 def events(session: Session, rollout_id: int) -> list[EventLine]:
     rows = session.scalars(select(RolloutEventRow).where(RolloutEventRow.rollout_id == rollout_id)
                            .order_by(RolloutEventRow.seq))
-    return [EventLine(seq=e.seq, at=_as_utc(e.ts), kind=e.kind, actor=e.actor,
+    return [EventLine(seq=e.seq, at=e.ts, kind=e.kind, actor=e.actor,
                       step_index=e.step_index, sentence=_sentence(e.actor, e.reason),
                       evidence=e.evidence or {}) for e in rows]
 

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from modelroll.db import Base
+from modelroll.db import Base, UTCDateTime
 from modelroll.migrate import prepare_sqlite_dir
 from modelroll.settings import Settings
 
@@ -33,10 +33,18 @@ def database_url() -> str:
     return url if url else Settings().effective_database_url
 
 
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    """Revisions spell UTCDateTime as the column it is: it only changes what Python reads back."""
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def _configure(database: str, **kwargs: Any) -> None:
     context.configure(
         target_metadata=target_metadata,
         compare_type=True,
+        render_item=render_item,
         render_as_batch=database.startswith("sqlite"),  # SQLite alters tables by copying them
         **kwargs,
     )

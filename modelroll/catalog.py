@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +50,8 @@ class ModelInfo:
     variants: tuple[VariantInfo, ...]
 
 
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were written as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _when(value: datetime) -> str:
-    return f"{_utc(value):%Y-%m-%d %H:%M:%S} UTC"
+    return f"{value:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def check_onnx(path: Path) -> None:
@@ -210,13 +205,13 @@ def _variants(session: Session, model_ids: Sequence[int]) -> dict[int, list[Vari
             id=variant.id, model=model_name, name=variant.name, role=variant.role, format=artifact.format,
             size_bytes=artifact.size_bytes, sha256=artifact.sha256, relpath=artifact.path,
             parent=names.get(variant.parent_id) if variant.parent_id is not None else None,
-            recipe=dict(variant.recipe), created_at=_utc(variant.created_at),
+            recipe=dict(variant.recipe), created_at=variant.created_at,
         ))
     return found
 
 
 def _info(row: ModelRow, variants: list[VariantInfo]) -> ModelInfo:
-    return ModelInfo(id=row.id, name=row.name, description=row.description, created_at=_utc(row.created_at),
+    return ModelInfo(id=row.id, name=row.name, description=row.description, created_at=row.created_at,
                      variants=tuple(variants))
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from alembic import command
 from sqlalchemy import select
 
 from controller.reconcile import Reconciler
 from modelroll import migrate
-from modelroll.db import Base, RolloutEventRow, make_engine, make_session_factory
+from modelroll.db import ApiTokenRow, Base, RolloutEventRow, make_engine, make_session_factory
 from modelroll.live import open_channel
 from modelroll.settings import Settings
 from tests.integration.controller_world import Clock, good_samples, seed
@@ -48,5 +50,29 @@ def test_embedded_controller_promotes_on_sqlite_and_the_memory_channel(embedded_
     with factory() as s:
         kinds = list(s.scalars(select(RolloutEventRow.kind).order_by(RolloutEventRow.seq)))
     assert kinds == ["created", "started", "advanced", "promoted"]
+    channel.close()
+    engine.dispose()
+
+
+def test_a_token_keeps_working_after_its_first_use_on_sqlite(embedded_settings: Settings) -> None:
+    """SQLite hands datetimes back without a zone: a token's last use, read back, must still compare with now."""
+    from fastapi.testclient import TestClient
+
+    from controller.app import create_app
+    from controller.auth import create_token
+
+    engine = make_engine(embedded_settings)
+    Base.metadata.create_all(engine)
+    factory = make_session_factory(engine)
+    with factory() as s, s.begin():
+        token = create_token(s, "op", "operator")
+    channel = open_channel(embedded_settings)
+    with TestClient(create_app(embedded_settings, channel, factory)) as client:
+        for _ in range(2):  # the first use records last_used_at, the second reads it back
+            r = client.get("/v1/rollouts", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+    with factory() as s:
+        used = s.scalars(select(ApiTokenRow.last_used_at)).one()
+    assert used is not None and used.tzinfo is not None and used.utcoffset() == timedelta(0)
     channel.close()
     engine.dispose()
