@@ -33,7 +33,7 @@ POLL_S = 0.5
 
 
 class OptimizeGroup(TyperGroup):
-    """`optimize MODEL ...` runs the `run` verb; `optimize report JOB` and `optimize list` are verbs."""
+    """`optimize MODEL ...` runs the `run` verb; `optimize report JOB` is the other verb."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):

@@ -261,7 +261,7 @@ def load_report(session: Session, job_id: int) -> JobReport:
     """The report of job `job_id` as stored: its status and every candidate row written so far."""
     job = session.get(OptimizationJobRow, job_id)
     if job is None:
-        raise NotFound(f"optimization job {job_id} does not exist: list jobs with `modelroll optimize list`")
+        raise NotFound(f"optimization job {job_id} does not exist: the controller lists jobs at GET /v1/optimizations")
     model = session.get(ModelRow, job.model_id)
     baseline = session.get(VariantRow, job.baseline_variant_id)
     request = OptimizationRequest.from_dict(job.request)
