@@ -32,7 +32,7 @@ Outcome = tuple[Tensors | None, float, float, BaseException | None]
 def _timed_run(runner: Runner, inputs: Tensors, timeout_s: float | None) -> Outcome:
     start = _perf()
     try:
-        outputs, cpu_ms = runner.run(inputs, timeout_s)
+        outputs, cpu_ms, model_ms = runner.run(inputs, timeout_s)
     except Exception as exc:
         return None, (_perf() - start) * 1000.0, 0.0, exc
     elapsed_s = _perf() - start
@@ -40,7 +40,7 @@ def _timed_run(runner: Runner, inputs: Tensors, timeout_s: float | None) -> Outc
         # The event loop may see a late answer first (GIL hand-off); late is a timeout all the same.
         late = RunnerTimeout(f"answered after {elapsed_s:.4f}s, past the {timeout_s}s deadline")
         return None, elapsed_s * 1000.0, cpu_ms, late
-    return outputs, elapsed_s * 1000.0, cpu_ms, None
+    return outputs, model_ms if model_ms is not None else elapsed_s * 1000.0, cpu_ms, None
 
 
 class Inference:

@@ -44,15 +44,17 @@ def main(argv: list[str]) -> int:
         except frames.FrameClosed:
             return 0
         inputs = prepare_string_inputs(frames.unpack_tensors(meta, data), strings)
-        start = time.thread_time()
+        start, wall_start = time.thread_time(), time.perf_counter()
         try:
             values = session.run(names, inputs)
         except Exception as exc:
             frames.write_all(out_fd, frames.pack({"ok": False, "bad_input": is_bad_input(exc),
                                                   "error": f"model error: {exc}"}))
             continue
+        model_ms = (time.perf_counter() - wall_start) * 1000.0
         cpu_ms = (time.thread_time() - start) * 1000.0
-        frames.write_all(out_fd, frames.pack({"ok": True, "cpu_ms": cpu_ms}, dict(zip(names, values, strict=True))))
+        frames.write_all(out_fd, frames.pack({"ok": True, "cpu_ms": cpu_ms, "model_ms": model_ms},
+                                             dict(zip(names, values, strict=True))))
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ class HttpRunner(Runner):
         self.signature = Signature.from_dict(orjson.loads(answer.content))
         self._outputs = [t.name for t in self.signature.outputs]
 
-    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float]:
+    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
         body, header_length = encode_request(inputs, self._outputs)
         start = time.thread_time()
         try:
@@ -101,7 +101,7 @@ class HttpRunner(Runner):
             outputs = decode_response(answer.content, int(raw_len) if raw_len else None)
         except (ValueError, KeyError, TypeError) as exc:
             raise RunnerError(f"remote {self.base_url} sent an unreadable answer: {exc}") from exc
-        return outputs, (time.thread_time() - start) * 1000.0
+        return outputs, (time.thread_time() - start) * 1000.0, None
 
     def close(self) -> None:
         self._client.close()

@@ -100,7 +100,7 @@ class SubprocessRunner(Runner):
             break
         self._restarting = False
 
-    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float]:
+    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if not self._lock.acquire(timeout=-1 if timeout_s is None else timeout_s):
             raise RunnerTimeout(f"runner for {self.path.name} is busy past the {timeout_s}s deadline")
@@ -125,7 +125,9 @@ class SubprocessRunner(Runner):
         if not meta.get("ok"):
             error = RunnerBadInput if meta.get("bad_input") else RunnerError
             raise error(str(meta.get("error", "runner child failed")))
-        return frames.unpack_tensors(meta, data), float(meta.get("cpu_ms", 0.0))
+        model_ms = meta.get("model_ms")  # the model's own time: the pipe to the child is not the model's cost
+        return frames.unpack_tensors(meta, data), float(meta.get("cpu_ms", 0.0)), \
+            float(model_ms) if model_ms is not None else None
 
     def memory(self) -> tuple[int, int] | None:
         pid = self.pid

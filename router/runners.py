@@ -55,8 +55,9 @@ class Runner(abc.ABC):
     signature: Signature
 
     @abc.abstractmethod
-    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float]:
-        """Outputs by name and the CPU milliseconds the model took."""
+    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
+        """Outputs by name, the CPU milliseconds the model took, and its own wall milliseconds when the runner
+        can time the model apart from the transport (a subprocess); None: the caller's timing is the model's."""
 
     def memory(self) -> tuple[int, int] | None:
         """(model cost, absolute) resident bytes, or None when this runner cannot measure it."""
@@ -126,7 +127,7 @@ class InlineRunner(Runner):
             log.warning("warm-up of %s failed: %s", path, exc)
         self.model_bytes = max(0, rss_bytes() - before)
 
-    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float]:
+    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
         feed = prepare_string_inputs(inputs, self._string_inputs)
         start = time.thread_time()
         try:
@@ -136,7 +137,7 @@ class InlineRunner(Runner):
                 raise RunnerBadInput(f"the model refused the inputs: {exc}") from exc
             raise RunnerError(f"model error: {exc}") from exc
         cpu_ms = (time.thread_time() - start) * 1000.0
-        return dict(zip(self._output_names, values, strict=True)), cpu_ms
+        return dict(zip(self._output_names, values, strict=True)), cpu_ms, None
 
     def memory(self) -> tuple[int, int]:
         return self.model_bytes, rss_bytes()
