@@ -23,6 +23,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from modelroll.errors import InvalidInput
 from optimizer.export import gemm_to_matmul
@@ -108,14 +109,16 @@ def _prepare(src: Path, work: Path, *, pre_process: bool) -> Path:
     prepared = work / "prepared.onnx"
     # Shape inference + ORT's basic graph optimizations; quantization then sees fused, shaped nodes.
     # Symbolic shape inference gives up on some exports (e.g. BERT's Min(512, seq) position slice):
-    # retry without it, and quantize the plain graph if even that fails (pre-processing only helps).
-    for skip_symbolic in (False, True):
-        try:
-            quant_pre_process(str(named), str(prepared), skip_symbolic_shape=skip_symbolic)
-            break
-        except Exception as exc:  # any failure here only means "no pre-processing"
-            log.info("quant_pre_process (skip_symbolic_shape=%s) failed: %s", skip_symbolic, exc)
-    else:
+    # pre-process without it then, and quantize the plain graph if even that fails (it only helps).
+    try:
+        inferred = _symbolic_shapes(model)
+    except Exception as exc:  # only means "no symbolic shapes"
+        log.info("symbolic shape inference failed: %s", exc)
+        inferred = None
+    try:
+        quant_pre_process(inferred if inferred is not None else str(named), str(prepared), skip_symbolic_shape=True)
+    except Exception as exc:  # any failure here only means "no pre-processing"
+        log.info("quant_pre_process failed: %s", exc)
         return named
     # Pre-processing fuses MatMul+Add into Gemm, which quantize_dynamic would split again under new
     # names (nodes_to_exclude would then miss); split it here once, so names stay stable.
@@ -124,6 +127,22 @@ def _prepare(src: Path, work: Path, *, pre_process: bool) -> Path:
         _name_nodes(model)
         onnx.save(model, str(prepared))
     return prepared
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """`SymbolicShapeInference.infer_shapes` without its dump: when it gives up, it saves the model as
+    sym_shape_infer_temp.onnx + a uuid1-named .data file of every weight into the process's working directory."""
+    infer = SymbolicShapeInference(2**31 - 1, False, False, 0)
+    infer._preprocess(model)
+    complete = False
+    while infer.run_:
+        complete = infer._infer_impl()
+    infer._update_output_from_vi()
+    if not complete:
+        log.info("symbolic shape inference left some shapes unknown; pre-processing without it")
+        return None
+    inferred: onnx.ModelProto = infer.out_mp_
+    return inferred
 
 
 def _check_excluded(prepared: Path, nodes_to_exclude: Sequence[str]) -> tuple[str, ...]:

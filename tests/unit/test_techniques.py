@@ -259,3 +259,18 @@ def test_minilm_is_exported_as_mean_pooled_embeddings_and_shrinks(tmp_path: Path
     out = session(candidate.onnx_path).run(None, feed)[0]
     cosine = (out * baseline).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(baseline, axis=1)
     assert 0.5 < float(cosine.mean()) < 0.9999  # measured: shrunk without distillation, still related
+
+
+def test_quantizing_an_encoder_writes_nothing_into_the_working_directory(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # onnxruntime's symbolic shape inference dumps the model (+ a uuid1-named .data file of every weight)
+    # into the cwd when it gives up on a BERT export; a user's folder must never collect those.
+    out, cwd = tmp_path / "out", tmp_path / "cwd"
+    out.mkdir()
+    cwd.mkdir()
+    encoder, feeds = make_tiny_bert(), tiny_text_feeds()
+    path = export_onnx(encoder, feeds[0], out / "e.onnx", output_name="embedding")
+    monkeypatch.chdir(cwd)
+    quantize_int8_dynamic(path, out / "q.onnx")
+    assert list(cwd.iterdir()) == []
+    assert (out / "q.onnx").stat().st_size < path.stat().st_size
