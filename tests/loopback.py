@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,14 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=20)
             self.proc = None
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition", every_s: float = 0.02) -> Any:
+    """Poll `check` until it returns something truthy (and return that); fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ from modelroll.live.base import LiveChannel, Sample
 from modelroll.settings import Settings
 from router.app import RouterApp, create_app
 from router.variants import StaticVariantSource, VariantSpec
+from tests.loopback import wait_for
 from tests.router_models import build_all_types, build_digits, digits_data
 
 
@@ -49,16 +49,6 @@ def router_settings(tmp_path: Path, **overrides: Any) -> Settings:
 def split_version(app: RouterApp, model: str) -> int:
     config = app.table.routes[model].config
     return config.version if config is not None else 0
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def infer_body(rows: np.ndarray, request_id: str | None = None, **extra: Any) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,19 +19,12 @@ from modelroll.live.redis_watch import RedisSplitWatcher
 from modelroll.live.sample_codec import decode_sample, decode_samples
 from modelroll.settings import Settings
 from tests.loopback import RedisServer
+from tests.loopback import wait_for as loopback_wait_for
 
 MakeChannel = Callable[..., LiveChannel]
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float = 5.0, what: str = "condition") -> object:
-    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"{what} did not happen within {timeout_s}s")
+wait_for = functools.partial(loopback_wait_for, timeout_s=5.0, every_s=0.01)
 
 
 def sample(i: int, variant: str = "baseline") -> Sample:
