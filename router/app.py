@@ -267,6 +267,7 @@ class RouterApp:
             extra.append((b"inference-header-content-length", str(json_length).encode()))
         self.metrics.observe_request(model, variant.name, 200, _perf() - start)
         await asgi.send_bytes(send, 200, payload, content_type, extra)
+        self.recorder.settle()  # the answer is on the wire: encode its samples now, between requests
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)

@@ -2,8 +2,12 @@
 
 Requests never wait on the live channel: a full buffer drops its oldest entry (counted); a
 flush that fails keeps what it could not send for the next try (counted as unsent once) and
-backs off. The thread encodes each record once (sample and prediction record for the feedback
-join, sent together in chunks), feeds the per-batch metrics hook and samples runner memory.
+backs off. Each record is encoded once (sample, and the prediction record a feedback label is
+joined to) by `settle()`, which the app calls right after a response is on the wire: the
+encoding then costs the event loop a few µs between requests instead of millisecond bursts in
+the flusher thread, which (on a router pinned to one core) stalled whichever request arrived
+during a burst. The thread sends encoded chunks, settles what no response settled (shadow
+records) and samples runner memory.
 """
 
 from __future__ import annotations
@@ -21,9 +25,8 @@ from router.records import RequestRecord, encode_prediction, encode_sample
 
 log = logging.getLogger(__name__)
 
-# Rows per channel call. The flusher encodes one chunk and sends it (the send waits on the socket without
-# the GIL) before encoding the next: it never holds the GIL for long (~1 ms) against the event loop, and
-# a failure resends only the chunks not yet sent.
+# Rows per channel call: a failure resends only the chunks not yet sent, and each call's Lua script keeps
+# Redis busy for ~1 ms at most.
 _SEND_CHUNK = 256
 _BACKOFF_MAX_S = 5.0
 
@@ -44,7 +47,8 @@ class Recorder:
         self._memory_probe = memory_probe
         self._on_drop = on_drop
         self._on_records = on_records
-        self._buffer: deque[RequestRecord | Sample] = deque()
+        self._buffer: deque[RequestRecord | Sample] = deque()  # added, not yet encoded
+        self._ready: deque[tuple[bytes, tuple[str, bytes] | None]] = deque()  # encoded, not yet sent
         self._retry_samples: list[bytes] = []
         self._retry_predictions: list[tuple[str, bytes]] = []
         self._flush_lock = threading.Lock()
@@ -60,9 +64,9 @@ class Recorder:
 
     # --- hot path -----------------------------------------------------------------
     def add(self, item: RequestRecord | Sample) -> None:
-        if len(self._buffer) >= self._capacity:
+        if len(self._buffer) + len(self._ready) >= self._capacity:
             try:
-                self._buffer.popleft()
+                (self._ready or self._buffer).popleft()
             except IndexError:
                 pass
             else:
@@ -70,6 +74,28 @@ class Recorder:
                 if self._on_drop is not None:
                     self._on_drop(1)
         self._buffer.append(item)
+
+    def settle(self) -> None:
+        """Encode what was added (usually this request's one record); called after the response is sent."""
+        records: list[RequestRecord] = []
+        popleft = self._buffer.popleft
+        ready = self._ready.append
+        ttl_s = self._ttl_s
+        while True:
+            try:
+                item = popleft()
+            except IndexError:
+                break
+            if isinstance(item, RequestRecord):
+                records.append(item)
+                ready((encode_sample(item), encode_prediction(item, ttl_s)))
+            else:
+                ready((item.to_bytes(), None))
+        if records and self._on_records is not None:
+            try:
+                self._on_records(records)
+            except Exception:  # a metrics bug must not cost the samples
+                log.exception("metrics hook failed on %d records", len(records))
 
     # --- background ---------------------------------------------------------------
     def start(self) -> None:
@@ -86,7 +112,7 @@ class Recorder:
 
     @property
     def pending(self) -> int:
-        return len(self._buffer) + len(self._retry_samples)
+        return len(self._buffer) + len(self._ready) + len(self._retry_samples)
 
     def _loop(self) -> None:
         backoff_s = self._interval_s
@@ -112,6 +138,7 @@ class Recorder:
 
     def flush(self) -> int:
         """Send everything buffered now; raises the channel's error (what was not sent is kept for the next try)."""
+        self.settle()
         with self._flush_lock:
             sent = 0
             while True:
@@ -158,25 +185,13 @@ class Recorder:
         samples, self._retry_samples = self._retry_samples, []
         predictions, self._retry_predictions = self._retry_predictions, []
         retried = len(samples)
-        records: list[RequestRecord] = []
-        popleft = self._buffer.popleft
-        ttl_s = self._ttl_s
+        popleft = self._ready.popleft
         for _ in range(_SEND_CHUNK):
             try:
-                item = popleft()
+                sample, prediction = popleft()
             except IndexError:
                 break
-            if isinstance(item, RequestRecord):
-                records.append(item)
-                samples.append(encode_sample(item))
-                prediction = encode_prediction(item, ttl_s)
-                if prediction is not None:
-                    predictions.append(prediction)
-            else:
-                samples.append(item.to_bytes())
-        if records and self._on_records is not None:
-            try:
-                self._on_records(records)
-            except Exception:  # a metrics bug must not cost the samples
-                log.exception("metrics hook failed on %d records", len(records))
+            samples.append(sample)
+            if prediction is not None:
+                predictions.append(prediction)
         return samples, predictions, retried

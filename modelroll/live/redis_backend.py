@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from modelroll.errors import InvalidInput, Unavailable
@@ -59,6 +59,12 @@ return v
 """
 
 
+def resp_command(args: Sequence[bytes]) -> bytes:
+    """One command in Redis' wire format, packed by two C-level joins: redis-py's packer costs ~7 µs per
+    sample on the router's flush (three arguments each), this ~1 µs."""
+    return b"*%d\r\n" % len(args) + b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
+
+
 def safe_url(url: str) -> str:
     """The URL without its password, fit for messages and logs."""
     parts = urlsplit(url)
@@ -89,6 +95,7 @@ class RedisChannel(LiveChannel):
         self._max_len = samples_max_len
         self._client = self._new_client()
         self._samples_key = prefix + "samples"
+        self._samples_key_bytes = self._samples_key.encode()
         self._splits_key = prefix + "splits"
         self._versions_key = prefix + "split-versions"
         self._changes_key = prefix + "split-changes"
@@ -274,12 +281,35 @@ class RedisChannel(LiveChannel):
                        ttl_s: float) -> None:
         px = ttl_ms(ttl_s, "prediction ttl_s")
         with self._guard(f"append {len(samples)} samples and store {len(predictions)} predictions"):
+            fixed = [b"%d" % self._max_len, _FIELD, b"%d" % px]
+            prediction_key = (self._prefix + "prediction:").encode()
             for start in range(0, max(len(samples), len(predictions)), _SCRIPT_BATCH):
                 chunk = samples[start: start + _SCRIPT_BATCH]
                 records = predictions[start: start + _SCRIPT_BATCH]
-                keys = [self._samples_key, *(self._prefix + "prediction:" + rid for rid, _ in records)]
-                self._append_encoded(keys=keys, args=[len(chunk), self._max_len, _FIELD, px, *chunk,
-                                                      *(record for _, record in records)])
+                keys = [prediction_key + rid.encode("utf-8", "surrogateescape") for rid, _ in records]
+                self._run_packed(self._append_encoded, [
+                    b"%d" % (len(keys) + 1), self._samples_key_bytes, *keys, b"%d" % len(chunk), *fixed, *chunk,
+                    *(record for _, record in records)])
+
+    def _run_packed(self, script: Any, args: list[bytes]) -> Any:
+        """EVALSHA `script` with `args` (numkeys, keys, argv) packed by `resp_command`; loads the script when
+        the server does not know it (a restarted or emptied Redis)."""
+        pool = self._client.connection_pool
+        for attempt in (1, 2):
+            connection = pool.get_connection()
+            try:
+                connection.send_packed_command([resp_command([b"EVALSHA", script.sha.encode(), *args])])  # type: ignore[no-untyped-call]
+                return connection.read_response()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                script.sha = self._client.script_load(script.script)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                connection.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                pool.release(connection)
+        raise AssertionError("unreachable")
 
     def take_prediction(self, request_id: str) -> bytes | None:
         with self._guard(f"take the prediction of request {request_id!r}"):

@@ -178,3 +178,20 @@ def test_metrics_hook_sees_each_request_record_once_and_its_failure_costs_no_sam
     recorder.add(_record("b"))
     assert recorder.flush() == 3 and seen == ["a", "b"]
     assert [s.kind for s in channel.read_samples("g", "c", 10).samples] == ["request", "memory", "request"]
+
+
+def test_settle_encodes_on_the_caller_so_the_flusher_only_sends_bytes() -> None:
+    channel = MemoryChannel()
+    seen: list[list[str]] = []
+    recorder = Recorder(channel, capacity=3, flush_interval_s=10, feedback_ttl_s=60,
+                        on_records=lambda records: seen.append([r.request_id for r in records]))
+    recorder.add(_record("s1"))
+    recorder.add(_record("s2"))
+    recorder.settle()  # what the app does once the response is sent
+    assert seen == [["s1", "s2"]] and recorder.pending == 2
+    recorder.add(_record("s3"))
+    recorder.add(_record("s4"))  # full: the oldest encoded one goes first
+    assert recorder.dropped == 1 and recorder.pending == 3
+    assert recorder.flush() == 3 and seen == [["s1", "s2"], ["s3", "s4"]]  # flush settles the rest itself
+    assert [s.request_id for s in channel.read_samples("g", "c", 10).samples] == ["s2", "s3", "s4"]
+    assert channel.take_prediction("s1") is None and channel.take_prediction("s2") is not None
