@@ -90,11 +90,16 @@ class RedisServer:
             self.proc = None
 
 
-def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition", every_s: float = 0.02) -> Any:
-    """Poll `check` until it returns something truthy (and return that); fail after `timeout_s`."""
+def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition", every_s: float = 0.02,
+             ignore: tuple[type[BaseException], ...] = ()) -> Any:
+    """Poll `check` until it returns something truthy (and return that); fail after `timeout_s`.
+    Exceptions of the `ignore` types (a server not up yet) count as "not yet"."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        value = check()
+        try:
+            value = check()
+        except ignore:
+            value = None
         if value:
             return value
         time.sleep(every_s)

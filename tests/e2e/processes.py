@@ -17,23 +17,15 @@ from typing import Any
 
 import httpx
 
+from tests import loopback
 from tests.loopback import free_port
 
 MODELROLL = str(Path(sys.executable).parent / "modelroll")
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.05) -> Any:
-    """Poll `check` until it returns something truthy (HTTP errors count as not yet); fail after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    """The shared poller with the end-to-end tests' defaults: HTTP errors count as not yet."""
+    return loopback.wait_for(check, timeout_s, what, every_s, ignore=(httpx.HTTPError,))
 
 
 def cli(env: Mapping[str, str], *args: str) -> Any:

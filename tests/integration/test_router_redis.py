@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 import statistics
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from modelroll.live import open_channel
 from modelroll.live.base import SplitConfig
+from tests.loopback import RedisServer
 from tests.router_fixtures import (
     SampleLog,
     client,
     digits_paths,
     digits_rows,
     digits_source,
-    free_port,
     infer_body,
     router_settings,
     run,
@@ -61,54 +56,9 @@ def test_split_changes_reach_the_router_fast_and_samples_land_in_redis(
     controller_side.close()
 
 
-class RedisServer:
-    """A redis-server of our own on a free port, so stopping it disturbs nobody else."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        def up() -> bool:
-            try:
-                return bool(redis.Redis.from_url(self.url, socket_timeout=0.5).ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(up, 20, "redis-server start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-            self.proc = None
-
-
-@pytest.fixture()
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed; the fail-static test needs its own Redis")
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_router_keeps_last_split_when_redis_is_down_and_catches_up_after(
-        tmp_path: Path, digits_paths: dict[str, Path], own_redis: RedisServer) -> None:
-    settings = router_settings(tmp_path, redis_url=own_redis.url, redis_timeout_s=0.3)
+        tmp_path: Path, digits_paths: dict[str, Path], private_redis: RedisServer) -> None:
+    settings = router_settings(tmp_path, redis_url=private_redis.url, redis_timeout_s=0.3)
     controller_side = open_channel(settings)
     controller_side.publish_split(SplitConfig("digits", {"baseline": 50.0, "int8": 50.0}, rollout_id=8, step=4))
     rows, _ = digits_rows(1)
@@ -126,7 +76,7 @@ def test_router_keeps_last_split_when_redis_is_down_and_catches_up_after(
             return variants
 
         assert run(load(50, "before")) == {"baseline", "int8"}
-        own_redis.stop()
+        private_redis.stop()
         stopped_at = time.monotonic()
         during = run(load(150, "during"))
         assert during == {"baseline", "int8"}  # the last split, still 50/50
@@ -142,7 +92,7 @@ def test_router_keeps_last_split_when_redis_is_down_and_catches_up_after(
         assert down["live_channel"] == "degraded" and down["samples"]["unsent"] > 0
         assert down["models"]["digits"]["weights"] == {"baseline": 50.0, "int8": 50.0}
         assert time.monotonic() - stopped_at < 30
-        own_redis.start()  # empty: no persistence, the split hash is gone too
+        private_redis.start()  # empty: no persistence, the split hash is gone too
         wait_for(lambda: not app.degraded and app.recorder.pending == 0, 30, "reconnected and flushed")
         up = run(readiness())
         assert up["live_channel"] == "ok" and up["samples"]["unsent"] >= down["samples"]["unsent"]

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from modelroll.migrate import ensure_schema
 from modelroll.settings import Settings
 from optimizer.jobs import JobContext, make_context
 from optimizer.worker import Worker
-from tests.loopback import free_port
+from tests.loopback import free_port, wait_for
 
 MODELROLL = str(Path(sys.executable).parent / "modelroll")
 
@@ -90,15 +90,6 @@ def stack(tmp_path: Path, pg_url: str, redis_url: str, redis_prefix: str) -> Ite
     channel.close()
 
 
-def poll(what: str, check: Callable[[], bool], deadline_s: float) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
-
-
 def children_measuring(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -124,7 +115,7 @@ def test_worker_killed_mid_evaluation_is_replaced_and_the_job_completes(stack: S
     first = start_worker(stack, tmp_path / "first.log", MODELROLL_EVAL_MAX_TIME_S="20",
                          MODELROLL_EVAL_MIN_RUNS="10000000")
     try:
-        poll("the first worker to be measuring", lambda: bool(children_measuring(first.pid)), 60)
+        wait_for(lambda: bool(children_measuring(first.pid)), 60, "the first worker to be measuring", 0.1)
         assert stack.job(job_id).status == "running" and stack.job(job_id).attempts == 1
         measuring = children_measuring(first.pid)
         first.send_signal(signal.SIGKILL)
@@ -132,14 +123,16 @@ def test_worker_killed_mid_evaluation_is_replaced_and_the_job_completes(stack: S
     finally:
         if first.poll() is None:
             first.kill()
-    poll("the orphaned measurement to die with its worker",
-         lambda: not any(Path(f"/proc/{pid}").exists() and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-                         for pid in measuring), 10)
+    def orphans_gone() -> bool:
+        return not any(Path(f"/proc/{pid}").exists() and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+                       for pid in measuring)
+
+    wait_for(orphans_gone, 10, "the orphaned measurement to die with its worker", 0.1)
     port = free_port()
     second = start_worker(stack, tmp_path / "second.log", MODELROLL_EVAL_MAX_TIME_S="0.3",
                           MODELROLL_EVAL_MIN_RUNS="20", MODELROLL_WORKER_PORT=str(port))
     try:
-        poll("the job to succeed on the second worker", lambda: stack.job(job_id).status == "succeeded", 120)
+        wait_for(lambda: stack.job(job_id).status == "succeeded", 120, "the job to succeed on the second worker", 0.1)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'modelroll_worker_jobs_total{outcome="succeeded"} 1.0' in metrics
         second.send_signal(signal.SIGTERM)
@@ -224,7 +217,7 @@ def test_stopping_mid_job_kills_the_measurement_and_leaves_the_job_to_be_retried
     worker = Worker(ctx, stack.channel, stop, poll_interval_s=0.05)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    poll("the worker to be measuring", lambda: bool(children_measuring(os.getpid())), 30)
+    wait_for(lambda: bool(children_measuring(os.getpid())), 30, "the worker to be measuring", 0.1)
     started = time.monotonic()
     stop.set()  # what SIGTERM does in `modelroll worker`
     thread.join(15)
