@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     router_memory_interval_s: float = Field(default=2.0, gt=0)
     router_breaker_failures: int = Field(default=20, ge=1)
     router_runner: str = Field(default="inline", pattern="^(inline|subprocess)$")
+    router_inline_max_ms: float = Field(
+        default=2.0, ge=0, description="An in-process model whose runs stay under this runs on the event loop "
+        "itself, saving a thread hand-off per request; 0 = always on the thread pool.")
     feedback_ttl_s: int = Field(default=24 * 3600, ge=1)
 
     # controller

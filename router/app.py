@@ -25,10 +25,12 @@ from router import asgi
 from router.asgi import ClientDisconnected, Receive, Scope, Send
 from router.feedback import FeedbackJoiner, parse_items
 from router.inference import Inference
+from router.inline import InlineGate, Watchdog
 from router.liveness import LiveSplits
 from router.metrics import CONTENT_TYPE, RouterMetrics
 from router.operator_auth import OperatorTokens
 from router.protocol import decode_request, encode_response
+from router.runners import InlineRunner, Runner
 from router.samples import Recorder
 from router.table import LoadedVariant, ModelRoutes, ModelTable
 from router.variants import VariantSource
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _perf = time.perf_counter
 _FORBIDDEN = "forcing a variant needs an operator or admin token"
+_INLINE_STALL_S = 0.25  # the longest an inline run may hold the event loop before the pool takes over
 _SERVER = orjson.dumps({"name": "modelroll-router", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
 
 
@@ -46,8 +49,10 @@ class RouterApp:
         self.settings = settings
         self.channel = channel
         self.metrics = RouterMetrics(registry)
+        self._watchdog = Watchdog() if settings.router_inline_max_ms > 0 else None
         self.table = ModelTable(source, default_runner=settings.router_runner, threads=settings.router_threads,
-                                breaker_failures=settings.router_breaker_failures, on_change=self._routes_changed)
+                                breaker_failures=settings.router_breaker_failures, on_change=self._routes_changed,
+                                inline_gate=self._inline_gate)
         self.recorder = Recorder(channel, capacity=settings.router_sample_buffer,
                                  flush_interval_s=settings.router_flush_interval_s,
                                  feedback_ttl_s=settings.feedback_ttl_s,
@@ -116,6 +121,14 @@ class RouterApp:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._shadow_executor.shutdown(wait=False, cancel_futures=True)
         self.table.close()
+        if self._watchdog is not None:
+            self._watchdog.close()
+
+    def _inline_gate(self, runner: Runner) -> InlineGate | None:
+        if self._watchdog is None or not isinstance(runner, InlineRunner):
+            return None
+        return InlineGate(runner, self._watchdog, max_ms=self.settings.router_inline_max_ms,
+                          stall_s=min(self.settings.router_candidate_timeout_s, _INLINE_STALL_S))
 
     # --- ASGI -----------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

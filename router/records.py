@@ -1,8 +1,8 @@
 """What the hot path records per variant call, and its encoding (by the flusher) into the live channel's bytes.
 
-A `RequestRecord` is cheap to build on the event loop; the flusher thread turns it into the
-`Sample.to_bytes` form with one orjson call (no `Sample` object) and into the prediction record
-that a feedback label is joined to later.
+A `RequestRecord` is cheap to build on the event loop; once the response is sent, `Recorder.settle`
+turns it into the `Sample.to_bytes` form with one orjson call (no `Sample` object) and into the
+prediction record that a feedback label is joined to later.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def compact_prediction(outputs: dict[str, np.ndarray[Any, Any]] | None) -> list[
 
 
 class RequestRecord:
-    """What the hot path hands over: cheap to build, encoded by the flusher."""
+    """What the hot path hands over: cheap to build, encoded after the response is sent."""
 
     __slots__ = ("_prediction", "batch_size", "cpu_ms", "keep_prediction", "latency_ms", "model", "outputs",
                  "pair", "request_id", "rollout_id", "shadow", "status", "step", "total_ms", "ts", "variant")

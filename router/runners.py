@@ -1,6 +1,7 @@
 """One `Runner` interface for every way a variant can run; the inline onnxruntime runner lives here.
 
-Runners are called from worker threads (never the event loop). `run` returns the outputs and
+Runners are called from worker threads, except that a fast inline model may run on the event loop
+itself (router/inline.py). `run` returns the outputs and
 the runner's CPU milliseconds; failures raise `RunnerError` (or `RunnerTimeout`), which the
 router turns into a fallback to the baseline for candidates.
 """
@@ -121,17 +122,23 @@ class InlineRunner(Runner):
         self.signature = Signature.from_onnx_session(self.session)
         self._output_names = [t.name for t in self.signature.outputs]
         self._string_inputs = frozenset(t.name for t in self.signature.inputs if t.datatype == "BYTES")
+        self.warmup_s = float("inf")  # unknown: a model that rejects zeros is never run on the event loop
         try:
-            self.session.run(self._output_names, warmup_inputs(self.signature))
+            warm = warmup_inputs(self.signature)
+            self.session.run(self._output_names, warm)
+            start = time.perf_counter()
+            self.session.run(self._output_names, warm)
+            self.warmup_s = time.perf_counter() - start
         except Exception as exc:  # a model may reject zeros; it is still servable
             log.warning("warm-up of %s failed: %s", path, exc)
         self.model_bytes = max(0, rss_bytes() - before)
 
-    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
+    def run(self, inputs: Tensors, timeout_s: float | None = None,
+            run_options: Any = None) -> tuple[Tensors, float, float | None]:
         feed = prepare_string_inputs(inputs, self._string_inputs)
         start = time.thread_time()
         try:
-            values = self.session.run(self._output_names, feed)
+            values = self.session.run(self._output_names, feed, run_options)
         except Exception as exc:
             if is_bad_input(exc):
                 raise RunnerBadInput(f"the model refused the inputs: {exc}") from exc

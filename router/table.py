@@ -15,6 +15,7 @@ from typing import Any
 from modelroll.errors import ModelrollError, NotFound
 from modelroll.live.base import SplitConfig
 from router.breaker import Breaker
+from router.inline import InlineGate
 from router.runners import Runner, RunnerError
 from router.split import Split
 from router.tensors import Signature, metadata_bytes
@@ -26,14 +27,15 @@ _PLATFORM = {"inline": "onnxruntime_onnx", "subprocess": "onnxruntime_onnx", "ht
 
 
 class LoadedVariant:
-    __slots__ = ("breaker", "model", "name", "runner", "spec")
+    __slots__ = ("breaker", "inline", "model", "name", "runner", "spec")
 
-    def __init__(self, spec: VariantSpec, runner: Runner, breaker: Breaker) -> None:
+    def __init__(self, spec: VariantSpec, runner: Runner, breaker: Breaker, inline: InlineGate | None = None) -> None:
         self.spec = spec
         self.model = spec.model
         self.name = spec.name
         self.runner = runner
         self.breaker = breaker
+        self.inline = inline  # set: a fast in-process model, run on the event loop while it stays fast
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +61,10 @@ class ModelRoutes:
 
 class ModelTable:
     def __init__(self, source: VariantSource, *, default_runner: str, threads: int, breaker_failures: int,
-                 on_change: Callable[[ModelRoutes], None] | None = None) -> None:
+                 on_change: Callable[[ModelRoutes], None] | None = None,
+                 inline_gate: Callable[[Runner], InlineGate | None] | None = None) -> None:
         self._source = source
+        self._inline_gate = inline_gate
         self._default_runner = default_runner
         self._threads = threads
         self._breaker_failures = breaker_failures
@@ -89,7 +93,8 @@ class ModelTable:
             if spec is None:
                 raise NotFound(f"variant {name!r} of model {model!r} is unknown; known variants: {sorted(specs)}")
             runner = load_runner(spec, self._default_runner, self._threads)
-            loaded = LoadedVariant(spec, runner, Breaker(self._breaker_failures))
+            gate = self._inline_gate(runner) if self._inline_gate is not None else None
+            loaded = LoadedVariant(spec, runner, Breaker(self._breaker_failures), gate)
             self._loaded[(model, name)] = loaded
             log.info("loaded variant model=%s variant=%s runner=%s", model, name, runner.kind)
             return loaded

@@ -155,7 +155,7 @@ class LiveChannel(abc.ABC):
                        ttl_s: float) -> None:
         """Append samples already encoded (`Sample.to_bytes`) and store prediction records, together.
 
-        The router's flush: it encodes off its hot path; Redis writes both in one script call per chunk.
+        The router's flush: it encodes between requests; Redis writes both in one script call per chunk.
         """
         from modelroll.live.sample_codec import decode_sample, decode_samples
 

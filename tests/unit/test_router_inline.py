@@ -1,0 +1,116 @@
+"""Fast in-process models run on the event loop; slow ones go back to the pool; a hang is ended by the watchdog."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router.breaker import Breaker
+from router.inference import Inference
+from router.inline import InlineGate, Watchdog
+from router.runners import InlineRunner, RunnerTimeout
+from router.table import LoadedVariant
+from router.variants import VariantSpec
+from tests.router_models import build_digits, build_slow, digits_data
+
+
+@pytest.fixture()
+def watchdog() -> Iterator[Watchdog]:
+    dog = Watchdog(period_s=0.002)
+    yield dog
+    dog.close()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> InlineRunner:
+    return InlineRunner(build_digits(tmp_path_factory.mktemp("digits"))["baseline"])
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> InlineRunner:
+    return InlineRunner(build_slow(tmp_path_factory.mktemp("slow") / "slow.onnx"))
+
+
+def _rows(n: int = 4) -> dict[str, np.ndarray]:
+    return {"input": digits_data()[0][:n]}
+
+
+def test_a_fast_model_runs_on_the_calling_thread_and_stays_open(digits: InlineRunner, watchdog: Watchdog) -> None:
+    gate = InlineGate(digits, watchdog, max_ms=50.0, stall_s=1.0)
+    assert gate.open
+    outputs, wall_ms, cpu_ms = gate.run(_rows(), None)
+    assert outputs["logits"].shape == (4, 10) and 0 < wall_ms < 50 and cpu_ms >= 0
+    assert gate.open and gate.inline_runs == 1 and gate.cooldowns == 0
+
+
+def test_one_run_over_the_limit_sends_the_variant_to_the_pool_for_a_cooldown(digits: InlineRunner,
+                                                                               watchdog: Watchdog) -> None:
+    gate = InlineGate(digits, watchdog, max_ms=50.0, stall_s=1.0, cooldown_s=0.2)
+    gate._max_s = 0.0  # every run is "too slow" now
+    gate.run(_rows(), None)
+    assert not gate.open and gate.cooldowns == 1
+    time.sleep(0.25)
+    assert gate.open
+
+
+def test_a_model_slower_than_the_limit_at_warm_up_starts_on_the_pool(slow: InlineRunner, watchdog: Watchdog) -> None:
+    assert slow.warmup_s > 0.0001
+    assert not InlineGate(slow, watchdog, max_ms=slow.warmup_s * 1000 / 2, stall_s=1.0).open
+
+
+def test_the_watchdog_ends_a_hanging_run_and_closes_the_gate(slow: InlineRunner, watchdog: Watchdog) -> None:
+    gate = InlineGate(slow, watchdog, max_ms=1000.0, stall_s=0.05)
+    big = {"input": np.ones((1024, 64), dtype=np.float32)}
+    start = time.perf_counter()
+    with pytest.raises(RunnerTimeout, match="watchdog"):
+        gate.run(big, None)
+    assert time.perf_counter() - start < 0.3  # the whole run takes several times longer
+    assert watchdog.terminated == 1 and not gate.open
+    outputs, _, _ = slow.run(big)  # the session itself is unharmed: the flag was on that run's options only
+    assert outputs["logits"].shape == (1024, 10)
+
+
+def _inference() -> tuple[Inference, ThreadPoolExecutor]:
+    from prometheus_client import CollectorRegistry
+
+    from modelroll.live.memory import MemoryChannel
+    from router.metrics import RouterMetrics
+    from router.samples import Recorder
+
+    pool = ThreadPoolExecutor(2)
+    recorder = Recorder(MemoryChannel(), capacity=100, flush_interval_s=10, feedback_ttl_s=60)
+    return Inference(recorder, RouterMetrics(CollectorRegistry()), executor=pool, shadow_executor=pool,
+                     candidate_timeout_s=5.0, shadow_max_concurrency=1), pool
+
+
+def test_a_baseline_ended_by_the_watchdog_still_answers_from_the_pool(slow: InlineRunner, watchdog: Watchdog,
+                                                                       tmp_path: Path) -> None:
+    inference, pool = _inference()
+    gate = InlineGate(slow, watchdog, max_ms=1000.0, stall_s=0.05)
+    variant = LoadedVariant(VariantSpec("slow", "baseline", "baseline", tmp_path / "x.onnx"), slow, Breaker(3), gate)
+    big = {"input": np.ones((1024, 64), dtype=np.float32)}
+    try:
+        outputs, latency_ms, _, error = asyncio.run(inference._call(variant, big, None, pool))
+    finally:
+        pool.shutdown()
+    assert error is None and outputs is not None and outputs["logits"].shape == (1024, 10)
+    assert watchdog.terminated == 1 and not gate.open and latency_ms > 50
+
+
+def test_a_candidate_past_its_deadline_inline_is_a_timeout_not_a_second_run(slow: InlineRunner, watchdog: Watchdog,
+                                                                            tmp_path: Path) -> None:
+    inference, pool = _inference()
+    gate = InlineGate(slow, watchdog, max_ms=1000.0, stall_s=1.0)
+    variant = LoadedVariant(VariantSpec("slow", "int8", "candidate", tmp_path / "x.onnx"), slow, Breaker(3), gate)
+    big = {"input": np.ones((1024, 64), dtype=np.float32)}
+    try:
+        outputs, _, _, error = asyncio.run(inference._call(variant, big, 0.05, pool))
+    finally:
+        pool.shutdown()
+    assert outputs is None and isinstance(error, RunnerTimeout)
