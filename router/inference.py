@@ -35,9 +35,14 @@ def _timed_run(runner: Runner, inputs: Tensors, timeout_s: float | None) -> Outc
         outputs, cpu_ms, model_ms = runner.run(inputs, timeout_s)
     except Exception as exc:
         return None, (_perf() - start) * 1000.0, 0.0, exc
-    elapsed_s = _perf() - start
+    return _on_time(outputs, _perf() - start, cpu_ms, timeout_s, model_ms)
+
+
+def _on_time(outputs: Tensors, elapsed_s: float, cpu_ms: float, timeout_s: float | None,
+             model_ms: float | None = None) -> Outcome:
     if timeout_s is not None and elapsed_s > timeout_s:
-        # The event loop may see a late answer first (GIL hand-off); late is a timeout all the same.
+        # An answer can beat the deadline's timer (a GIL hand-off, an inline run the watchdog had no time to
+        # end): late is a timeout all the same.
         late = RunnerTimeout(f"answered after {elapsed_s:.4f}s, past the {timeout_s}s deadline")
         return None, elapsed_s * 1000.0, cpu_ms, late
     return outputs, model_ms if model_ms is not None else elapsed_s * 1000.0, cpu_ms, None
@@ -58,13 +63,13 @@ class Inference:
         self.fallbacks = 0
 
     async def _call(self, variant: LoadedVariant, inputs: Tensors, timeout_s: float | None,
-                    executor: ThreadPoolExecutor) -> Outcome:
+                    executor: ThreadPoolExecutor, inline: bool = True) -> Outcome:
         gate = variant.inline
-        if gate is not None and gate.open and executor is self._executor:  # never a shadow run: it would stall
+        if inline and gate is not None and gate.open:
             start = _perf()
             try:
                 outputs, latency_ms, cpu_ms = gate.run(inputs, timeout_s)
-                return outputs, latency_ms, cpu_ms, None
+                return _on_time(outputs, latency_ms / 1000.0, cpu_ms, timeout_s)
             except RunnerTimeout as exc:  # ended by the watchdog: the rest of the deadline goes to the pool
                 if timeout_s is not None:
                     timeout_s -= _perf() - start
@@ -136,7 +141,10 @@ class Inference:
                 candidate_error = (variant, latency_ms, error)
                 variant = fallback
         if outputs is None:
-            outputs, latency_ms, cpu_ms, error = await self._call(variant, request.inputs, None, self._executor)
+            # In a shadow step every request goes through the pool: an inline run never yields to the event
+            # loop, and the mirrors of earlier requests (on the shadow pool) need it to finish and free their slots.
+            outputs, latency_ms, cpu_ms, error = await self._call(variant, request.inputs, None, self._executor,
+                                                                  inline=routes.shadow is None)
             if isinstance(error, RunnerBadInput):
                 raise InvalidInput(str(error))  # the baseline refuses it too: the client's fault, not the candidate's
             if candidate_error is not None:
@@ -171,7 +179,7 @@ class Inference:
         start = _perf()
         try:
             outputs, latency_ms, cpu_ms, error = await self._call(variant, request.inputs, self._timeout_s,
-                                                                  self._shadow_executor)
+                                                                  self._shadow_executor, inline=False)
         finally:
             self._shadow_inflight -= 1
         total_ms = (_perf() - start) * 1000.0

@@ -133,18 +133,21 @@ class InlineRunner(Runner):
             log.warning("warm-up of %s failed: %s", path, exc)
         self.model_bytes = max(0, rss_bytes() - before)
 
-    def run(self, inputs: Tensors, timeout_s: float | None = None,
-            run_options: Any = None) -> tuple[Tensors, float, float | None]:
-        feed = prepare_string_inputs(inputs, self._string_inputs)
+    def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
         start = time.thread_time()
+        outputs = self.infer(inputs)
+        return outputs, (time.thread_time() - start) * 1000.0, None
+
+    def infer(self, inputs: Tensors, run_options: Any = None) -> Tensors:
+        """The outputs alone (no timing): the event loop's inline runs time themselves."""
+        feed = prepare_string_inputs(inputs, self._string_inputs)
         try:
             values = self.session.run(self._output_names, feed, run_options)
         except Exception as exc:
             if is_bad_input(exc):
                 raise RunnerBadInput(f"the model refused the inputs: {exc}") from exc
             raise RunnerError(f"model error: {exc}") from exc
-        cpu_ms = (time.thread_time() - start) * 1000.0
-        return dict(zip(self._output_names, values, strict=True)), cpu_ms, None
+        return dict(zip(self._output_names, values, strict=True))
 
     def memory(self) -> tuple[int, int]:
         return self.model_bytes, rss_bytes()

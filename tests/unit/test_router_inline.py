@@ -52,7 +52,7 @@ def test_a_fast_model_runs_on_the_calling_thread_and_stays_open(digits: InlineRu
 def test_one_run_over_the_limit_sends_the_variant_to_the_pool_for_a_cooldown(digits: InlineRunner,
                                                                                watchdog: Watchdog) -> None:
     gate = InlineGate(digits, watchdog, max_ms=50.0, stall_s=1.0, cooldown_s=0.2)
-    gate._max_s = 0.0  # every run is "too slow" now
+    gate._max_s = 0.0  # every run is "too slow" now (its CPU time is above 0)
     gate.run(_rows(), None)
     assert not gate.open and gate.cooldowns == 1
     time.sleep(0.25)
@@ -114,3 +114,11 @@ def test_a_candidate_past_its_deadline_inline_is_a_timeout_not_a_second_run(slow
     finally:
         pool.shutdown()
     assert outputs is None and isinstance(error, RunnerTimeout)
+
+
+def test_cpu_is_read_on_one_run_in_eight_and_scaled_to_the_others(digits: InlineRunner, watchdog: Watchdog) -> None:
+    gate = InlineGate(digits, watchdog, max_ms=50.0, stall_s=1.0)
+    figures = [gate.run(_rows(), None)[1:] for _ in range(16)]
+    assert all(cpu_ms > 0 for _, cpu_ms in figures)
+    assert all(cpu_ms <= wall_ms for i, (wall_ms, cpu_ms) in enumerate(figures) if i % 8)  # scaled, not read
+    assert 0 < gate._cpu_per_wall <= 1.0 and gate.inline_runs == 16
