@@ -432,7 +432,9 @@ def main() -> int:
         if "mlserver" in results:
             vs = paired_ratio(rounds, "router", "mlserver", batch, "rps")
             ok &= vs >= 4.0
-            print(f"  batch {batch:>2}: router/MLServer 1.7.1 throughput {vs:.2f}x (target >= 4x)")
+            bound = paired_ratio(rounds, "ceiling", "mlserver", batch, "rps")
+            print(f"  batch {batch:>2}: router/MLServer 1.7.1 throughput {vs:.2f}x (target >= 4x; the bare ceiling "
+                  f"itself: {bound:.2f}x)")
     if mlserver_note:
         print(f"  MLServer: {mlserver_note}")
     print(f"  split propagation through Redis: p50 {delays[len(delays) // 2]:.1f} ms, p99 {p99_prop:.1f} ms "
