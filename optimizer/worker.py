@@ -8,13 +8,14 @@ a slow earlier attempt can never overwrite a newer one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -173,10 +174,36 @@ class Worker:
             return
         self.metrics.busy.set(1)
         started = time.monotonic()
-        outcome = self._attempt(job, job_id)
+        with self._keep_claimed(job):
+            outcome = self._attempt(job, job_id)
         self.metrics.busy.set(0)
         self.metrics.duration.observe(time.monotonic() - started)
         self.metrics.jobs.labels(outcome=outcome).inc()
+
+    @contextlib.contextmanager
+    def _keep_claimed(self, job: Job) -> Iterator[None]:
+        """Extend the claim every third of the visibility timeout while the job runs: a job may outlast the
+        timeout (an encoder's distillation alone can), and must not be handed to a second worker meanwhile."""
+        done = threading.Event()
+        period_s = self.settings.job_visibility_timeout_s / 3
+
+        def beat() -> None:
+            while not done.wait(period_s):
+                try:
+                    if not self.channel.extend_job(job, self.consumer):
+                        log.warning("queue entry %s was taken over by another worker; the attempt fence keeps "
+                                    "one result", job.id)
+                        return
+                except Unavailable as exc:
+                    log.warning("could not extend the claim on queue entry %s: %s", job.id, exc)
+
+        thread = threading.Thread(target=beat, name="modelroll-job-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=5)
 
     def _attempt(self, job: Job, job_id: int) -> str:
         attempt, limit = job.attempts, self.settings.job_max_attempts

@@ -181,6 +181,11 @@ class LiveChannel(abc.ABC):
     def ack_job(self, job: Job) -> None: ...
 
     @abc.abstractmethod
+    def extend_job(self, job: Job, consumer: str) -> bool:
+        """Restart the visibility timeout of a job `consumer` still holds (a long job's heartbeat); False when
+        another consumer took it over after its claim expired, or it was acked."""
+
+    @abc.abstractmethod
     def dead_letters(self, queue: str) -> list[Job]: ...
 
     # --- leader lock --------------------------------------------------------------

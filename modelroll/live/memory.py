@@ -231,6 +231,11 @@ class MemoryChannel(LiveChannel):
             if jobs is not None:
                 jobs.ack(job.id)
 
+    def extend_job(self, job: Job, consumer: str) -> bool:
+        with self._jobs_lock:
+            jobs = self._queues.get(job.queue)
+            return jobs is not None and jobs.extend(job.id, consumer, self._now())
+
     def dead_letters(self, queue: str) -> list[Job]:
         with self._jobs_lock:
             jobs = self._queues.get(queue)

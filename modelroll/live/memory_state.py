@@ -76,6 +76,13 @@ class JobQueue:
         self.pending[job_id] = _Delivery(consumer, now, 1)
         return Job(job_id, self.name, self.payloads[job_id], 1)
 
+    def extend(self, job_id: str, consumer: str, now: float) -> bool:
+        delivery = self.pending.get(job_id)
+        if delivery is None or delivery.consumer != consumer:
+            return False
+        delivery.delivered_at = now
+        return True
+
     def ack(self, job_id: str) -> None:
         if self.pending.pop(job_id, None) is not None:
             self.payloads.pop(job_id, None)

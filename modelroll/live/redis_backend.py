@@ -333,6 +333,10 @@ class RedisChannel(LiveChannel):
         with self._guard(f"acknowledge job {job.id} of {job.queue!r}"):
             self._jobs.ack(job)
 
+    def extend_job(self, job: Job, consumer: str) -> bool:
+        with self._guard(f"extend the claim on job {job.id} of {job.queue!r}"):
+            return self._jobs.extend(job, consumer)
+
     def dead_letters(self, queue: str) -> list[Job]:
         with self._guard(f"read the dead letters of {queue!r}"):
             return self._jobs.dead_letters(queue)

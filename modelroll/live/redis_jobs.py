@@ -29,10 +29,21 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# KEYS: the queue's stream; ARGV: group, consumer, entry id. Resets the idle time only while `consumer` still
+# owns the entry (XCLAIM ... JUSTID keeps the delivery count), so a heartbeat never steals a job back.
+_EXTEND = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+
+
 class RedisJobs:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._client = client
         self._prefix = prefix
+        self._extend = client.register_script(_EXTEND)
         self._groups: set[str] = set()
 
     def _key(self, queue: str) -> str:
@@ -92,6 +103,9 @@ class RedisJobs:
         pipe.xack(self._key(job.queue), GROUP, job.id)
         pipe.xdel(self._key(job.queue), job.id)
         pipe.execute()
+
+    def extend(self, job: Job, consumer: str) -> bool:
+        return bool(self._extend(keys=[self._key(job.queue)], args=[GROUP, consumer, job.id]))
 
     def dead_letters(self, queue: str) -> list[Job]:
         rows: Any = self._client.xrange(self._key(queue) + ":dead", count=_DEAD_READ_MAX)

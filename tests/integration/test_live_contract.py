@@ -287,6 +287,28 @@ def test_unacked_job_is_redelivered_after_the_visibility_timeout_then_dead_lette
     assert claim("w3") is None
 
 
+def test_a_heartbeat_keeps_a_long_job_claimed_but_never_takes_one_back(channel: LiveChannel) -> None:
+    visibility_s = 0.4
+
+    def claim(consumer: str) -> Job | None:
+        return channel.claim_job("optimize", consumer, visibility_timeout_s=visibility_s, max_attempts=3)
+
+    channel.enqueue_job("optimize", b"long")
+    first = claim("w1")
+    assert first is not None
+    for _ in range(4):  # 0.8 s in all, twice the visibility timeout
+        time.sleep(visibility_s / 2)
+        assert channel.extend_job(first, "w1")
+        assert claim("w2") is None
+    assert not channel.extend_job(first, "w2")  # not w2's claim: nothing changes
+    taken = wait_for(lambda: claim("w2"), what="the claim to expire without heartbeats")
+    assert taken.id == first.id and taken.attempts == 2
+    assert not channel.extend_job(first, "w1")  # w1 lost it: its heartbeat must not take it back
+    assert claim("w1") is None
+    channel.ack_job(taken)
+    assert not channel.extend_job(taken, "w2")
+
+
 def test_claim_rejects_max_attempts_below_one(channel: LiveChannel) -> None:
     with pytest.raises(InvalidInput, match="max_attempts"):
         channel.claim_job("optimize", "w", visibility_timeout_s=1, max_attempts=0)
@@ -367,6 +389,7 @@ def every_call(channel: LiveChannel) -> dict[str, Callable[[], object]]:
         "enqueue_job": lambda: channel.enqueue_job("optimize", b"x"),
         "claim_job": lambda: channel.claim_job("optimize", "w", visibility_timeout_s=10, max_attempts=3),
         "ack_job": lambda: channel.ack_job(job),
+        "extend_job": lambda: channel.extend_job(job, "w1"),
         "dead_letters": lambda: channel.dead_letters("optimize"),
         "acquire_lock": lambda: channel.acquire_lock("leader", "a", ttl_s=10),
         "renew_lock": lambda: channel.renew_lock("leader", "a", ttl_s=10),

@@ -228,3 +228,30 @@ def test_stopping_mid_job_kills_the_measurement_and_leaves_the_job_to_be_retried
     time.sleep(2.1)  # visibility timeout: the unacknowledged job is handed out again
     again = stack.channel.claim_job(QUEUE, "next", 2.0, 3)
     assert again is not None and again.attempts == 2
+
+
+def test_a_job_longer_than_the_visibility_timeout_stays_with_its_worker(stack: Stack) -> None:
+    job_id = stack.submit("int8")
+    stolen: list[int] = []
+    done = threading.Event()
+
+    def thief() -> None:  # a second worker polling the queue once the first one has the job
+        while not done.is_set() and stack.job(job_id).status != "running":
+            time.sleep(0.02)
+        while not done.is_set():
+            job = stack.channel.claim_job(QUEUE, "thief", 0.6, 3)
+            if job is not None:
+                stolen.append(job.attempts)
+            time.sleep(0.05)
+
+    poller = threading.Thread(target=thief, daemon=True)
+    poller.start()
+    started = time.monotonic()
+    try:
+        run_in_process(stack, job_id, job_visibility_timeout_s=0.6, eval_max_time_s=1.0, eval_min_runs=10_000_000)
+    finally:
+        done.set()
+        poller.join(5)
+    assert time.monotonic() - started > 3 * 0.6  # it did outlast the timeout several times
+    job = stack.job(job_id)
+    assert job.status == "succeeded" and job.attempts == 1 and stolen == []
