@@ -132,19 +132,20 @@ class Inference:
                 variant = found
         outputs: Tensors | None = None
         candidate_error: tuple[LoadedVariant, float, BaseException] | None = None
+        # In a shadow step every run goes through the pool: an inline run never yields to the event loop, and
+        # the mirrors of earlier requests (on the shadow pool) need it to finish and free their slots.
+        inline = routes.shadow is None
         if variant is not fallback and forced is None:
             outputs, latency_ms, cpu_ms, error = await self._call(variant, request.inputs, self._timeout_s,
-                                                                  self._executor)
+                                                                  self._executor, inline)
             if error is None:
                 variant.breaker.success()
             else:
                 candidate_error = (variant, latency_ms, error)
                 variant = fallback
         if outputs is None:
-            # In a shadow step every request goes through the pool: an inline run never yields to the event
-            # loop, and the mirrors of earlier requests (on the shadow pool) need it to finish and free their slots.
             outputs, latency_ms, cpu_ms, error = await self._call(variant, request.inputs, None, self._executor,
-                                                                  inline=routes.shadow is None)
+                                                                  inline)
             if isinstance(error, RunnerBadInput):
                 raise InvalidInput(str(error))  # the baseline refuses it too: the client's fault, not the candidate's
             if candidate_error is not None:
