@@ -49,7 +49,7 @@ class RouterApp:
         self.settings = settings
         self.channel = channel
         self.metrics = RouterMetrics(registry)
-        self._watchdog = Watchdog() if settings.router_inline_max_ms > 0 else None
+        self._watchdog: Watchdog | None = None  # started with the first in-process model that may run inline
         self.table = ModelTable(source, default_runner=settings.router_runner, threads=settings.router_threads,
                                 breaker_failures=settings.router_breaker_failures, on_change=self._routes_changed,
                                 inline_gate=self._inline_gate)
@@ -125,8 +125,11 @@ class RouterApp:
             self._watchdog.close()
 
     def _inline_gate(self, runner: Runner) -> InlineGate | None:
-        if self._watchdog is None or not isinstance(runner, InlineRunner):
+        """Called by the table under its load lock, once per loaded variant."""
+        if self.settings.router_inline_max_ms <= 0 or not isinstance(runner, InlineRunner):
             return None
+        if self._watchdog is None:
+            self._watchdog = Watchdog()
         return InlineGate(runner, self._watchdog, max_ms=self.settings.router_inline_max_ms,
                           stall_s=min(self.settings.router_candidate_timeout_s, _INLINE_STALL_S))
 

@@ -77,7 +77,6 @@ class InlineGate:
         self._slow_until = 0.0 if runner.warmup_s <= self._max_s else _monotonic() + cooldown_s
         self.inline_runs = 0
         self.cooldowns = 0
-        self._runs = 0
         self._cpu_per_wall = 1.0
 
     @property
@@ -93,8 +92,7 @@ class InlineGate:
         CPU/wall ratio of this model.
         """
         options = self._run_options_type()
-        measured = self._runs % _CPU_EVERY == 0
-        self._runs += 1
+        measured = self.inline_runs % _CPU_EVERY == 0
         cpu_start = _thread_time() if measured else 0.0
         start = _perf()
         limit_s = self._stall_s if timeout_s is None else min(timeout_s, self._stall_s)

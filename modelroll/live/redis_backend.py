@@ -96,6 +96,8 @@ class RedisChannel(LiveChannel):
         self._client = self._new_client()
         self._samples_key = prefix + "samples"
         self._samples_key_bytes = self._samples_key.encode()
+        self._prediction_prefix = prefix + "prediction:"
+        self._prediction_prefix_bytes = self._prediction_prefix.encode()
         self._splits_key = prefix + "splits"
         self._versions_key = prefix + "split-versions"
         self._changes_key = prefix + "split-changes"
@@ -266,7 +268,7 @@ class RedisChannel(LiveChannel):
     def put_prediction(self, request_id: str, record: bytes, ttl_s: float) -> None:
         px = ttl_ms(ttl_s, "prediction ttl_s")
         with self._guard(f"store the prediction of request {request_id!r}"):
-            self._client.set(self._prefix + "prediction:" + request_id, record, px=px)
+            self._client.set(self._prediction_prefix + request_id, record, px=px)
 
     def put_predictions(self, records: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
         px = ttl_ms(ttl_s, "prediction ttl_s")
@@ -274,7 +276,7 @@ class RedisChannel(LiveChannel):
             pipe = self._client.pipeline(transaction=False)
             for start in range(0, len(records), _PIPELINE_BATCH):
                 for request_id, record in records[start: start + _PIPELINE_BATCH]:
-                    pipe.set(self._prefix + "prediction:" + request_id, record, px=px)
+                    pipe.set(self._prediction_prefix + request_id, record, px=px)
                 pipe.execute()
 
     def append_encoded(self, samples: Sequence[bytes], predictions: Sequence[tuple[str, bytes]],
@@ -282,11 +284,10 @@ class RedisChannel(LiveChannel):
         px = ttl_ms(ttl_s, "prediction ttl_s")
         with self._guard(f"append {len(samples)} samples and store {len(predictions)} predictions"):
             fixed = [b"%d" % self._max_len, _FIELD, b"%d" % px]
-            prediction_key = (self._prefix + "prediction:").encode()
             for start in range(0, max(len(samples), len(predictions)), _SCRIPT_BATCH):
                 chunk = samples[start: start + _SCRIPT_BATCH]
                 records = predictions[start: start + _SCRIPT_BATCH]
-                keys = [prediction_key + rid.encode("utf-8", "surrogateescape") for rid, _ in records]
+                keys = [self._prediction_prefix_bytes + rid.encode("utf-8", "surrogateescape") for rid, _ in records]
                 self._run_packed(self._append_encoded, [
                     b"%d" % (len(keys) + 1), self._samples_key_bytes, *keys, b"%d" % len(chunk), *fixed, *chunk,
                     *(record for _, record in records)])
@@ -313,7 +314,7 @@ class RedisChannel(LiveChannel):
 
     def take_prediction(self, request_id: str) -> bytes | None:
         with self._guard(f"take the prediction of request {request_id!r}"):
-            value: Any = self._client.getdel(self._prefix + "prediction:" + request_id)
+            value: Any = self._client.getdel(self._prediction_prefix + request_id)
         return None if value is None else bytes(value)
 
     # --- job queue ----------------------------------------------------------------

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from modelroll.live.memory import MemoryChannel
 from router.breaker import Breaker
-from router.inference import Inference
+from router.inference import Inference, Outcome
 from router.inline import InlineGate, Watchdog
+from router.metrics import RouterMetrics
 from router.runners import InlineRunner, RunnerTimeout
+from router.samples import Recorder
 from router.table import LoadedVariant
 from router.variants import VariantSpec
 from tests.router_models import build_digits, build_slow, digits_data
@@ -76,43 +80,32 @@ def test_the_watchdog_ends_a_hanging_run_and_closes_the_gate(slow: InlineRunner,
     assert outputs["logits"].shape == (1024, 10)
 
 
-def _inference() -> tuple[Inference, ThreadPoolExecutor]:
-    from prometheus_client import CollectorRegistry
-
-    from modelroll.live.memory import MemoryChannel
-    from router.metrics import RouterMetrics
-    from router.samples import Recorder
-
+def _call_inline(runner: InlineRunner, watchdog: Watchdog, role: str, *, stall_s: float,
+                 timeout_s: float | None) -> tuple[Outcome, InlineGate]:
+    """One `Inference._call` of a variant with an open gate on 1,024 rows, the pool beside it."""
     pool = ThreadPoolExecutor(2)
     recorder = Recorder(MemoryChannel(), capacity=100, flush_interval_s=10, feedback_ttl_s=60)
-    return Inference(recorder, RouterMetrics(CollectorRegistry()), executor=pool, shadow_executor=pool,
-                     candidate_timeout_s=5.0, shadow_max_concurrency=1), pool
-
-
-def test_a_baseline_ended_by_the_watchdog_still_answers_from_the_pool(slow: InlineRunner, watchdog: Watchdog,
-                                                                       tmp_path: Path) -> None:
-    inference, pool = _inference()
-    gate = InlineGate(slow, watchdog, max_ms=1000.0, stall_s=0.05)
-    variant = LoadedVariant(VariantSpec("slow", "baseline", "baseline", tmp_path / "x.onnx"), slow, Breaker(3), gate)
-    big = {"input": np.ones((1024, 64), dtype=np.float32)}
+    inference = Inference(recorder, RouterMetrics(CollectorRegistry()), executor=pool, shadow_executor=pool,
+                          candidate_timeout_s=5.0, shadow_max_concurrency=1)
+    gate = InlineGate(runner, watchdog, max_ms=1000.0, stall_s=stall_s)
+    variant = LoadedVariant(VariantSpec("slow", role, role, Path("unused.onnx")), runner, Breaker(3), gate)
     try:
-        outputs, latency_ms, _, error = asyncio.run(inference._call(variant, big, None, pool))
+        outcome = asyncio.run(inference._call(variant, {"input": np.ones((1024, 64), dtype=np.float32)},
+                                              timeout_s, pool))
     finally:
         pool.shutdown()
+    return outcome, gate
+
+
+def test_a_baseline_ended_by_the_watchdog_still_answers_from_the_pool(slow: InlineRunner, watchdog: Watchdog) -> None:
+    (outputs, latency_ms, _, error), gate = _call_inline(slow, watchdog, "baseline", stall_s=0.05, timeout_s=None)
     assert error is None and outputs is not None and outputs["logits"].shape == (1024, 10)
     assert watchdog.terminated == 1 and not gate.open and latency_ms > 50
 
 
-def test_a_candidate_past_its_deadline_inline_is_a_timeout_not_a_second_run(slow: InlineRunner, watchdog: Watchdog,
-                                                                            tmp_path: Path) -> None:
-    inference, pool = _inference()
-    gate = InlineGate(slow, watchdog, max_ms=1000.0, stall_s=1.0)
-    variant = LoadedVariant(VariantSpec("slow", "int8", "candidate", tmp_path / "x.onnx"), slow, Breaker(3), gate)
-    big = {"input": np.ones((1024, 64), dtype=np.float32)}
-    try:
-        outputs, _, _, error = asyncio.run(inference._call(variant, big, 0.05, pool))
-    finally:
-        pool.shutdown()
+def test_a_candidate_past_its_deadline_inline_is_a_timeout_not_a_second_run(slow: InlineRunner,
+                                                                            watchdog: Watchdog) -> None:
+    (outputs, _, _, error), _ = _call_inline(slow, watchdog, "candidate", stall_s=1.0, timeout_s=0.05)
     assert outputs is None and isinstance(error, RunnerTimeout)
 
 
