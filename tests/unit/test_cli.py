@@ -144,6 +144,8 @@ def test_usage_errors_are_one_line_with_exit_2(cli: Cli, onnx_file: Path) -> Non
 def test_invalid_settings_are_bad_usage(cli: Cli) -> None:
     _one_error_line(cli("version", MODELROLL_ROUTER_PORT="eighty"), 2, "MODELROLL_ROUTER_PORT='eighty' is not valid")
     _one_error_line(cli("version", MODELROLL_LOG_LEVEL="LOUD"), 2, "MODELROLL_LOG_LEVEL='LOUD' is not valid")
+    _one_error_line(cli("version", MODELROLL_ROUTER_INLINE_MAX_MS="-1"), 2,
+                    "MODELROLL_ROUTER_INLINE_MAX_MS='-1' is not valid")
 
 
 def test_unreachable_database_fails_with_one_line_and_no_password(cli: Cli) -> None:
