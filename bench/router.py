@@ -6,6 +6,8 @@ throughput at a fixed concurrency (with the server's CPU per request beside it, 
 machine's other load moves less) and latency with one request in flight. Ratios are medians of
 per-round ratios, the servers measured back to back in an order that alternates. The router runs a
 50/50 split (two variants of the same file) with metrics and samples on (flushed to Redis).
+Beside them, the protocol floor: uvicorn and a raw ASGI app that only reads the body, decodes the
+input tensor and sends a ready-made answer (no model), the most any Python V2 server here can do.
 Also: split propagation p99 through Redis. MLServer runs from its own venv (.bench-venv).
 Usage: python bench/router.py [--duration S] [--concurrency C] [--skip-mlserver]
 """
@@ -77,6 +79,40 @@ def serve_ceiling(port: int, model: Path) -> None:
     app = Starlette(routes=[Route("/v2/models/digits/infer", infer, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http="httptools",
                 loop="uvloop")
+
+
+def serve_floor(port: int) -> None:
+    """What any Python V2 server must do per request and no more: uvicorn (httptools, uvloop) and a raw ASGI
+    app that reads the body, decodes the input tensor (orjson, numpy) and sends an answer made in advance."""
+    import numpy as np
+    import orjson
+    import uvicorn
+
+    answers: dict[int, bytes] = {}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        entry = orjson.loads(b"".join(chunks))["inputs"][0]
+        x = np.asarray(entry["data"], dtype=np.float32).reshape(entry["shape"])
+        rows = x.shape[0]
+        if rows not in answers:
+            answers[rows] = orjson.dumps({"model_name": "digits", "id": "", "outputs": [
+                {"name": "logits", "datatype": "FP32", "shape": [rows, 10], "data": np.zeros(rows * 10, np.float32)}]},
+                option=orjson.OPT_SERIALIZE_NUMPY)
+        body = answers[rows]
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http="httptools",
+                loop="uvloop", lifespan="off")
 
 
 def serve_router(port: int, model: Path, prefix: str) -> None:
@@ -354,6 +390,8 @@ def main() -> int:
         _pin(SERVER_CPU)
         if kind == "ceiling":
             serve_ceiling(int(port), Path(model))
+        elif kind == "floor":
+            serve_floor(int(port))
         else:
             serve_router(int(port), Path(model), os.environ["BENCH_PREFIX"])
         return 0
@@ -378,7 +416,7 @@ def main() -> int:
         servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         mlserver_note = "skipped (--skip-mlserver)"
         try:
-            for kind in ("ceiling", "router"):
+            for kind in ("floor", "ceiling", "router"):
                 port = _free_port()
                 servers[kind] = (subprocess.Popen([sys.executable, __file__, "--serve", kind, str(port), str(model)],
                                                   env=env), port)
@@ -433,8 +471,9 @@ def main() -> int:
             vs = paired_ratio(rounds, "router", "mlserver", batch, "rps")
             ok &= vs >= 4.0
             bound = paired_ratio(rounds, "ceiling", "mlserver", batch, "rps")
+            floor = paired_ratio(rounds, "floor", "mlserver", batch, "rps")
             print(f"  batch {batch:>2}: router/MLServer 1.7.1 throughput {vs:.2f}x (target >= 4x; the bare ceiling "
-                  f"itself: {bound:.2f}x)")
+                  f"itself: {bound:.2f}x; the protocol floor, no model: {floor:.2f}x)")
     if mlserver_note:
         print(f"  MLServer: {mlserver_note}")
     print(f"  split propagation through Redis: p50 {delays[len(delays) // 2]:.1f} ms, p99 {p99_prop:.1f} ms "

@@ -71,6 +71,7 @@ class RouterApp:
         self.tokens = OperatorTokens(token_sessions or _LazySessions(settings), settings.admin_token)
         self._max_body = settings.router_max_body_bytes
         self._ids = itertools.count(1)
+        self._settle_scheduled = False
         self._id_prefix = os.urandom(5).hex() + "-"
         self.table.load_all()
         self.live = LiveSplits(channel, self.table)
@@ -283,7 +284,16 @@ class RouterApp:
             extra.append((b"inference-header-content-length", str(json_length).encode()))
         self.metrics.observe_request(model, variant.name, 200, _perf() - start)
         await asgi.send_bytes(send, 200, payload, content_type, extra)
-        self.recorder.settle()  # the answer is on the wire: encode its samples now, between requests
+        if not self._settle_scheduled:  # the answer is on the wire: its samples are encoded between requests
+            self._settle_scheduled = True
+            asyncio.get_running_loop().call_soon(self._settle)
+
+    def _settle(self) -> None:
+        # Once per pass of the event loop, after the requests that were ready: under load one call encodes
+        # several requests' samples (8 µs less CPU per request at batch 1, bench/router.py); with one request
+        # in flight it runs right after that request's answer was sent, as a per-request call would.
+        self._settle_scheduled = False
+        self.recorder.settle()
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)

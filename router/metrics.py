@@ -81,7 +81,7 @@ class RouterMetrics:
         hist.observe(seconds)
 
     def observe_runs(self, records: list[RequestRecord]) -> None:
-        """Runner time of each successful variant call; called by the sample flusher, off the event loop."""
+        """Runner time of each successful variant call; called when samples are encoded (`Recorder.settle`)."""
         children = self._model_children
         for r in records:
             if r.status != "ok":

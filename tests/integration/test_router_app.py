@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from router.protocol import serialize_bytes
 from router.runner_http import decode_response
 from router.variants import StaticVariantSource, VariantSpec
 from tests.router_fixtures import (
+    SampleLog,
     all_types_path,
     client,
     digits_paths,
@@ -225,3 +228,39 @@ def test_split_change_moves_traffic_and_keeps_keys_sticky(tmp_path: Path, digits
                 metrics = (await c.get("/metrics")).text
                 assert 'modelroll_variant_weight_pct{model="digits",variant="int8"} 50.0' in metrics
         run(go())
+
+
+def test_samples_of_requests_answered_in_one_loop_pass_are_encoded_together(
+        tmp_path: Path, digits_paths: dict[str, Path]) -> None:
+    channel = MemoryChannel()
+    with running_app(router_settings(tmp_path, router_flush_interval_s=30.0), channel,
+                     digits_source(digits_paths)) as app:
+        loop_thread = threading.get_ident()
+        settle = app.recorder.settle
+        loop_settles: list[int] = []
+
+        def counting_settle() -> None:
+            if threading.get_ident() == loop_thread:  # not the flusher thread's own call
+                loop_settles.append(1)
+            settle()
+
+        app.recorder.settle = counting_settle  # type: ignore[method-assign]
+        rows, _ = digits_rows(1)
+
+        async def go() -> None:
+            async with client(app) as c:
+                answers = await asyncio.gather(*(c.post("/v2/models/digits/infer", content=infer_body(rows, f"r{i}"))
+                                                 for i in range(8)))
+                assert [a.status_code for a in answers] == [200] * 8
+                await asyncio.sleep(0)
+                settled = len(loop_settles)
+                assert 1 <= settled < 8  # one pass of the loop settled several requests' samples
+                one = await c.post("/v2/models/digits/infer", content=infer_body(rows, "alone"))
+                assert one.status_code == 200
+                await asyncio.sleep(0)
+                assert len(loop_settles) == settled + 1  # alone: settled right after its answer
+
+        run(go())
+        app.recorder.flush()
+        ids = {s.request_id for s in SampleLog(channel).read() if s.kind == "request"}
+        assert ids == {f"r{i}" for i in range(8)} | {"alone"}
