@@ -261,6 +261,9 @@ def test_samples_of_requests_answered_in_one_loop_pass_are_encoded_together(
                 assert len(loop_settles) == settled + 1  # alone: settled right after its answer
 
         run(go())
+        counted = app.metrics.registry.get_sample_value(
+            "modelroll_requests_total", {"model": "digits", "variant": "baseline", "code": "200"})
+        assert counted == 9
         app.recorder.flush()
         ids = {s.request_id for s in SampleLog(channel).read() if s.kind == "request"}
         assert ids == {f"r{i}" for i in range(8)} | {"alone"}
