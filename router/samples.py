@@ -3,10 +3,10 @@
 Requests never wait on the live channel: a full buffer drops its oldest entry (counted); a
 flush that fails keeps what it could not send for the next try (counted as unsent once) and
 backs off. Each record is encoded once (sample, and the prediction record a feedback label is
-joined to) by `settle()`, which the app calls right after a response is on the wire: the
-encoding then costs the event loop a few µs between requests instead of millisecond bursts in
-the flusher thread, which (on a router pinned to one core) stalled whichever request arrived
-during a burst. The thread sends encoded chunks, settles what no response settled (shadow
+joined to) by `settle()`, which the app calls once per pass of the event loop, after the
+responses of that pass are on the wire: the encoding then costs the event loop a few µs between
+requests instead of millisecond bursts in the flusher thread, which (on a router pinned to one
+core) stalled whichever request arrived during a burst. The thread sends encoded chunks, settles what no response settled (shadow
 records) and samples runner memory.
 """
 
