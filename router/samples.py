@@ -6,8 +6,8 @@ backs off. Each record is encoded once (sample, and the prediction record a feed
 joined to) by `settle()`, which the app calls once per pass of the event loop, after the
 responses of that pass are on the wire: the encoding then costs the event loop a few µs between
 requests instead of millisecond bursts in the flusher thread, which (on a router pinned to one
-core) stalled whichever request arrived during a burst. The thread sends encoded chunks, settles what no response settled (shadow
-records) and samples runner memory.
+core) stalled whichever request arrived during a burst. The thread sends encoded chunks, settles
+what no response settled (shadow records) and samples runner memory.
 """
 
 from __future__ import annotations
