@@ -19,7 +19,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from controller.api import MAX_ID, Admin, ApiContext, Ctx, Operator, SafeStr, Viewer, etag, if_match, rollout_json
 from controller.auth import Principal
 from controller.machine import Command, RolloutState, state_to_dict, step
-from controller.transitions import apply_after_commit, audit, state_of, summary, write
+from controller.transitions import apply_after_commit, audit, enqueue_notifications, state_of, summary, write
 from modelroll.db import ModelRow, RolloutEventRow, RolloutRow, VariantRow
 from modelroll.errors import Conflict, NotFound
 from modelroll.types import TERMINAL_PHASES, Phase, RolloutSpec
@@ -174,6 +174,7 @@ def apply_command(ctx: ApiContext, who: Principal, rollout_id: int, expected_ver
             model = str(row.spec["model"])
             out = rollout_json(row)
             row_summary = summary(row)
+            enqueue_notifications(session, ctx.notifier, row_summary, transition.actions)
     except (StaleDataError, IntegrityError):
         raise Conflict(f"rollout {rollout_id} changed while applying {kind.replace('_', '-')}: "
                        f"GET /v1/rollouts/{rollout_id} and retry with its ETag") from None

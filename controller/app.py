@@ -81,9 +81,9 @@ class _Metrics(Collector):
                 counts.add_metric([name], float(value))
             yield counts
         if self.notifier is not None:
-            hooks = CounterMetricFamily("modelroll_webhook_deliveries", "Webhook deliveries by outcome",
-                                        labels=["outcome"])
-            for outcome in ("sent", "failed", "dropped"):
+            hooks = CounterMetricFamily("modelroll_webhook_deliveries", "Webhook notifications this controller "
+                                        "delivered (sent) or gave up on (failed)", labels=["outcome"])
+            for outcome in ("sent", "failed"):
                 hooks.add_metric([outcome], float(getattr(self.notifier, outcome)))
             yield hooks
 

@@ -31,6 +31,7 @@ from controller.machine import Evaluation, Transition, result_to_dict, step
 from controller.transitions import (
     apply_after_commit,
     desired_split,
+    enqueue_notifications,
     latest_per_model,
     model_name,
     same_split,
@@ -156,6 +157,7 @@ class Reconciler:
                 session.flush()
             model = model_name(session, row)
             row_summary = summary(row)
+            enqueue_notifications(session, self.notifier, row_summary, transition.actions)
         for event in transition.events:
             self.counts[f"decision_{event.kind}"] += 1
             log.info("rollout transition rollout=%s kind=%s seq=%s reason=%s", rollout_id, event.kind,

@@ -22,8 +22,8 @@ def serve(settings: Settings, host: str, port: int, *, reconcile: bool = True) -
     migrate.ensure_schema(settings)
     engine = make_engine(settings)
     channel = open_channel(settings)
-    notifier = WebhookNotifier(settings.webhook_url)
     session_factory = make_session_factory(engine)
+    notifier = WebhookNotifier(settings.webhook_url, session_factory)
     reconciler = Reconciler(settings, channel, session_factory, notifier=notifier) if reconcile else None
     app = create_app(settings, channel, session_factory, reconciler=reconciler, notifier=notifier)
     if reconciler is not None:

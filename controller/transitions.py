@@ -1,4 +1,5 @@
-"""Rollout rows ↔ machine state, and writing a transition: the row, its events, and (after commit) its split.
+"""Rollout rows ↔ machine state, and writing a transition: the row, its events and notifications, and (after
+commit) its split.
 
 Shared by the reconciler (automatic decisions) and the API (manual commands), so both record a change the same
 way; the row's version column makes sure only one of two concurrent writers succeeds.
@@ -15,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controller.machine import Action, Notify, PublishSplit, RolloutState, Transition, state_from_dict, state_to_dict
-from controller.webhooks import WebhookNotifier, payload
+from controller.webhooks import WebhookNotifier
 from modelroll.db import AuditEntryRow, ModelRow, RolloutEventRow, RolloutRow, utcnow
 from modelroll.errors import Unavailable
 from modelroll.live.base import LiveChannel, SplitConfig
@@ -79,9 +80,19 @@ def same_split(a: SplitConfig, b: SplitConfig | None) -> bool:
         dict(b.weights), b.shadow, b.rollout_id, b.step)
 
 
+def enqueue_notifications(session: Session, notifier: WebhookNotifier | None, row_summary: dict[str, Any],
+                          actions: Sequence[Action]) -> None:
+    """Write the transition's notifications to the webhook outbox, in the transaction that records it."""
+    if notifier is None:
+        return
+    for action in actions:
+        if isinstance(action, Notify):
+            notifier.enqueue(session, action.kind, action.text, row_summary)
+
+
 def apply_after_commit(channel: LiveChannel | None, notifier: WebhookNotifier | None, model: str,
                        row_summary: dict[str, Any], actions: Sequence[Action]) -> int:
-    """Publish splits and send notifications once the transition is recorded; returns splits not published.
+    """Publish splits and wake the webhook sender once the transition is recorded; returns splits not published.
 
     A split that cannot be published now is not lost: the leader republishes every rollout's desired split.
     """
@@ -93,8 +104,8 @@ def apply_after_commit(channel: LiveChannel | None, notifier: WebhookNotifier | 
             except Unavailable as exc:
                 unpublished += 1
                 log.warning("split not published, the leader will retry rollout=%s why=%s", row_summary["id"], exc)
-        elif isinstance(action, Notify) and notifier is not None:
-            notifier.notify(payload(action.kind, action.text, row_summary))
+    if notifier is not None and any(isinstance(action, Notify) for action in actions):
+        notifier.wake()
     return unpublished
 
 

@@ -1,98 +1,159 @@
-"""Webhook notifications of rollout phase changes: a background sender with retries and backoff.
+"""Webhook notifications of rollout phase changes, through a transactional outbox.
+
+A notification is a `webhook_outbox` row written in the same transaction as the transition it reports, so
+a controller that crashes or restarts after a decision cannot lose its notification. A daemon thread in
+every controller process posts due rows (woken after its own commits, and polling for the rest), with
+retries and exponential backoff, each rollout's in the order of its decisions; `FOR UPDATE SKIP LOCKED`
+keeps two controllers from posting the same row at once. Delivery is at least once: a crash between the
+endpoint's answer and the row's update posts it again, and `delivery_id` lets the receiver drop the repeat.
 
 The payload carries `text` (what Slack-compatible endpoints show) beside the structured fields.
-Deliveries that fail after every retry, or that overflow the queue, are counted, never silently lost.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session, aliased
+
+from modelroll.db import WebhookOutboxRow, utcnow
 
 log = logging.getLogger(__name__)
+
+_BATCH = 20
 
 
 def payload(kind: str, text: str, rollout: Mapping[str, Any]) -> dict[str, Any]:
     return {"text": f"[modelroll] {text}", "kind": kind, "rollout": dict(rollout)}
 
 
-class WebhookNotifier:
-    """Posts JSON payloads to one URL from a daemon thread; `notify` never blocks the caller."""
+def _waiting() -> Any:
+    return (WebhookOutboxRow.delivered_at.is_(None)) & (WebhookOutboxRow.failed_at.is_(None))
 
-    def __init__(self, url: str, *, attempts: int = 5, backoff_s: float = 0.5, timeout_s: float = 5.0,
-                 max_queued: int = 1000, transport: httpx.BaseTransport | None = None) -> None:
+
+class WebhookNotifier:
+    """Queues notifications in the outbox (in the caller's transaction) and posts them from a daemon thread."""
+
+    def __init__(self, url: str, session_factory: Callable[[], Session], *, attempts: int = 5,
+                 backoff_s: float = 0.5, timeout_s: float = 5.0, poll_s: float = 2.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.url = url
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.poll_s = poll_s
         self.sent = 0
         self.failed = 0
-        self.dropped = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queued)
+        self._sessions = session_factory
         self._stop = threading.Event()
-        self._pending = 0
-        self._lock = threading.Condition()
+        self._wake = threading.Event()
         self._client = httpx.Client(timeout=timeout_s, transport=transport)
         self._thread: threading.Thread | None = None
         if url:
             self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
             self._thread.start()
 
-    def notify(self, body: dict[str, Any]) -> None:
+    def enqueue(self, session: Session, kind: str, text: str, rollout: Mapping[str, Any]) -> None:
+        """Add one notification to the caller's transaction (nothing without a webhook URL)."""
         if not self.url:
             return
-        try:
-            with self._lock:
-                self._queue.put_nowait(body)
-                self._pending += 1
-        except queue.Full:
-            self.dropped += 1
-            log.warning("webhook queue full: notification dropped dropped=%d", self.dropped)
+        rollout_id = rollout.get("id")
+        session.add(WebhookOutboxRow(kind=kind, body=payload(kind, text, rollout),
+                                     rollout_id=int(rollout_id) if rollout_id is not None else None))
+
+    def wake(self) -> None:
+        """Deliver now what was committed (called after the transaction that enqueued it)."""
+        self._wake.set()
+
+    def pending(self) -> int:
+        """Notifications neither delivered nor given up, in the whole outbox (every controller's)."""
+        with self._sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(WebhookOutboxRow).where(_waiting())) or 0)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until every queued notification was delivered or given up (tests, shutdown)."""
-        with self._lock:
-            return self._lock.wait_for(lambda: self._pending == 0, timeout_s)
+        """Wait until the outbox holds nothing waiting (tests, shutdown); False when `timeout_s` ran out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.pending() == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.02)
 
     def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is due for up to `timeout_s`; what is left stays in the outbox for the next controller."""
         if self._thread is not None:
             self.flush(timeout_s)
             self._stop.set()
-            self._queue.put(None)
+            self._wake.set()
             self._thread.join(timeout_s)
         self._client.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            body = self._queue.get()
-            if body is None:
-                continue
-            delivered = self._deliver(body)
-            with self._lock:
-                self.sent += int(delivered)
-                self.failed += int(not delivered)
-                self._pending -= 1
-                self._lock.notify_all()
-
-    def _deliver(self, body: dict[str, Any]) -> bool:
-        for attempt in range(self.attempts):
             try:
-                response = self._client.post(self.url, json=body)
-                if response.is_success:
-                    return True
-                # A 4xx other than 408/429 will not get better by retrying.
-                if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-                    log.warning("webhook refused status=%d url=%s", response.status_code, self.url)
-                    return False
-                why = f"status {response.status_code}"
-            except httpx.HTTPError as exc:
-                why = f"{type(exc).__name__}: {exc}"
-            log.info("webhook attempt failed attempt=%d why=%s", attempt + 1, why)
-            if attempt + 1 < self.attempts and self._stop.wait(self.backoff_s * 2 ** attempt):
-                return False
-        log.warning("webhook gave up after %d attempts url=%s", self.attempts, self.url)
-        return False
+                while self.deliver_due() and not self._stop.is_set():
+                    pass
+                wait_s = self._next_due_in()
+            except Exception:  # the database away, say: the rows wait, the thread must not die
+                log.exception("webhook outbox unreadable; retrying in %.1fs", self.poll_s)
+                wait_s = self.poll_s
+            self._wake.wait(wait_s)
+            self._wake.clear()
+
+    def _next_due_in(self) -> float:
+        """Seconds until the next retry is due, at most `poll_s` (rows other controllers write are found by polling)."""
+        with self._sessions() as session:
+            due = session.scalar(select(func.min(WebhookOutboxRow.next_attempt_at)).where(_waiting()))
+        if due is None:
+            return self.poll_s
+        return min(self.poll_s, max(0.0, (due - utcnow()).total_seconds()))
+
+    def deliver_due(self) -> int:
+        """Post up to one batch of due notifications, oldest first; returns how many were tried."""
+        earlier = aliased(WebhookOutboxRow)
+        # A rollout's notifications go out in the order of its decisions: one waits while an older one retries.
+        older_waiting = exists().where(earlier.rollout_id == WebhookOutboxRow.rollout_id,
+                                       earlier.id < WebhookOutboxRow.id, earlier.delivered_at.is_(None),
+                                       earlier.failed_at.is_(None))
+        with self._sessions() as session, session.begin():
+            rows = list(session.scalars(
+                select(WebhookOutboxRow)
+                .where(_waiting(), WebhookOutboxRow.next_attempt_at <= utcnow(), ~older_waiting)
+                .order_by(WebhookOutboxRow.id).limit(_BATCH).with_for_update(skip_locked=True)))
+            for row in rows:
+                self._attempt(row)
+            return len(rows)
+
+    def _attempt(self, row: WebhookOutboxRow) -> None:
+        body = {**row.body, "delivery_id": row.id, "created_at": row.created_at.isoformat()}
+        final = False
+        try:
+            response = self._client.post(self.url, json=body)
+            if response.is_success:
+                row.delivered_at = utcnow()
+                row.attempts += 1
+                self.sent += 1
+                return
+            # A 4xx other than 408/429 will not get better by retrying.
+            final = 400 <= response.status_code < 500 and response.status_code not in (408, 429)
+            why = f"status {response.status_code}"
+        except httpx.HTTPError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        row.attempts += 1
+        row.last_error = why
+        if final or row.attempts >= self.attempts:
+            row.failed_at = utcnow()
+            self.failed += 1
+            log.warning("webhook gave up delivery=%d kind=%s attempts=%d why=%s url=%s", row.id, row.kind,
+                        row.attempts, why, self.url)
+            return
+        row.next_attempt_at = utcnow() + timedelta(seconds=self.backoff_s * 2 ** (row.attempts - 1))
+        log.info("webhook attempt failed delivery=%d attempt=%d why=%s", row.id, row.attempts, why)

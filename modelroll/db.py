@@ -223,6 +223,27 @@ class SampleWindowRow(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)  # raw latencies, memory readings, labels
 
 
+class WebhookOutboxRow(Base):
+    """A notification written in the transaction of the transition it reports, then posted by any controller.
+
+    A crash or restart between the decision and the delivery loses nothing: the row waits for the next sender.
+    """
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (Index("ix_webhook_outbox_due", "delivered_at", "failed_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
 class ApiTokenRow(Base):
     __tablename__ = "api_tokens"
 

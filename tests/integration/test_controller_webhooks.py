@@ -1,4 +1,5 @@
-"""Webhooks: phase changes reach a real HTTP endpoint, with retries and backoff when it fails."""
+"""Webhooks: phase changes reach a real HTTP endpoint through the outbox in PostgreSQL, with retries and backoff
+when it fails, once each across controllers, and after the controller that decided them stopped."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from controller.webhooks import WebhookNotifier, payload
+from controller.webhooks import WebhookNotifier
+from modelroll.db import WebhookOutboxRow
 from tests.integration.controller_world import World, make_world
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,33 +56,55 @@ def hook() -> Iterator[Hook]:
     h.close()
 
 
-def test_delivery_retries_with_backoff_until_the_endpoint_answers(hook: Hook) -> None:
-    notifier = WebhookNotifier(hook.url, attempts=4, backoff_s=0.01)
-    notifier.notify(payload("rolled_back", "rollout 3 rolled back", {"id": 3}))
+@pytest.fixture()
+def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
+    yield from make_world(pg_url, redis_url, redis_prefix)
+
+
+def _enqueue(world: World, notifier: WebhookNotifier, kind: str, text: str, rollout: dict[str, Any]) -> None:
+    with world.session_factory() as session, session.begin():
+        notifier.enqueue(session, kind, text, rollout)
+    notifier.wake()
+
+
+def _outbox(world: World) -> list[WebhookOutboxRow]:
+    with world.session_factory() as session:
+        return list(session.scalars(select(WebhookOutboxRow).order_by(WebhookOutboxRow.id)))
+
+
+def test_delivery_retries_with_backoff_until_the_endpoint_answers(world: World, hook: Hook) -> None:
+    notifier = WebhookNotifier(hook.url, world.session_factory, attempts=4, backoff_s=0.01)
+    _enqueue(world, notifier, "rolled_back", "rollout 3 rolled back", {"phase": "rolled_back"})
     assert notifier.flush(10)
     notifier.close()
     assert hook.attempts == 3 and notifier.sent == 1 and notifier.failed == 0
-    assert hook.bodies[0]["text"] == "[modelroll] rollout 3 rolled back"  # what Slack-compatible hooks show
-    assert hook.bodies[0]["kind"] == "rolled_back" and hook.bodies[0]["rollout"] == {"id": 3}
+    body = hook.bodies[0]
+    assert body["text"] == "[modelroll] rollout 3 rolled back"  # what Slack-compatible hooks show
+    assert body["kind"] == "rolled_back" and body["rollout"] == {"phase": "rolled_back"}
+    (row,) = _outbox(world)
+    assert body["delivery_id"] == row.id  # the receiver's key to drop a repeated delivery
+    assert row.delivered_at is not None and row.attempts == 3 and row.last_error == "status 503"
 
 
-def test_gives_up_and_counts_after_the_last_attempt() -> None:
+def test_gives_up_and_counts_after_the_last_attempt(world: World) -> None:
     h = Hook(failures=100)
     try:
-        notifier = WebhookNotifier(h.url, attempts=3, backoff_s=0.01)
-        notifier.notify(payload("x", "y", {}))
+        notifier = WebhookNotifier(h.url, world.session_factory, attempts=3, backoff_s=0.01)
+        _enqueue(world, notifier, "x", "y", {})
         assert notifier.flush(10)
         notifier.close()
         assert h.attempts == 3 and notifier.failed == 1 and notifier.sent == 0
+        (row,) = _outbox(world)
+        assert row.failed_at is not None and row.delivered_at is None and row.last_error == "status 503"
     finally:
         h.close()
 
 
-def test_a_4xx_is_not_retried() -> None:
+def test_a_4xx_is_not_retried(world: World) -> None:
     h = Hook(failures=100, status=404)
     try:
-        notifier = WebhookNotifier(h.url, attempts=5, backoff_s=0.01)
-        notifier.notify(payload("x", "y", {}))
+        notifier = WebhookNotifier(h.url, world.session_factory, attempts=5, backoff_s=0.01)
+        _enqueue(world, notifier, "x", "y", {})
         assert notifier.flush(10)
         notifier.close()
         assert h.attempts == 1 and notifier.failed == 1
@@ -87,13 +112,40 @@ def test_a_4xx_is_not_retried() -> None:
         h.close()
 
 
-@pytest.fixture()
-def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
-    yield from make_world(pg_url, redis_url, redis_prefix)
+def test_a_notification_outlives_the_controller_that_decided_it(world: World, hook: Hook) -> None:
+    """Written with the transition, it is delivered by the next controller when the first stopped before sending."""
+    stopped = WebhookNotifier(hook.url, world.session_factory)
+    stopped.close()  # this controller's sender is gone by the time its decision commits (a crash, a restart)
+    with world.session_factory() as session, session.begin():
+        stopped.enqueue(session, "rolled_back", "rollout 7 rolled back", {"phase": "rolled_back"})
+    assert stopped.pending() == 1 and hook.bodies == []
+    successor = WebhookNotifier(hook.url, world.session_factory, backoff_s=0.01)
+    assert successor.flush(10)
+    successor.close()
+    assert [b["kind"] for b in hook.bodies] == ["rolled_back"]
+
+
+def test_two_controllers_deliver_each_notification_once(world: World) -> None:
+    h = Hook()
+    try:
+        senders = [WebhookNotifier(h.url, world.session_factory, poll_s=0.01) for _ in range(2)]
+        with world.session_factory() as session, session.begin():
+            for i in range(30):
+                senders[0].enqueue(session, "step", f"step {i}", {"step": i})
+        for sender in senders:
+            sender.wake()
+        assert senders[0].flush(20)
+        for sender in senders:
+            sender.close()
+        assert sorted(b["rollout"]["step"] for b in h.bodies) == list(range(30))
+        assert sum(s.sent for s in senders) == 30
+    finally:
+        h.close()
 
 
 def test_phase_changes_by_hand_and_by_the_controller_are_notified(world: World, hook: Hook) -> None:
-    notifier = WebhookNotifier(hook.url, backoff_s=0.01)
+    # The hook refuses the first two posts: "started" is retried, and "aborted" waits for it (decision order).
+    notifier = WebhookNotifier(hook.url, world.session_factory, backoff_s=0.01)
     with world.client(notifier=notifier) as client:
         r = client.post("/v1/rollouts", headers=world.auth("operator"),
                         json={"model": "digits", "baseline": "fp32", "candidate": "int8"})
@@ -109,3 +161,4 @@ def test_phase_changes_by_hand_and_by_the_controller_are_notified(world: World, 
     kinds = [b["kind"] for b in hook.bodies]
     assert kinds == ["started", "aborted"]
     assert "wrong candidate" in hook.bodies[1]["text"] and hook.bodies[1]["rollout"]["phase"] == "aborted"
+    assert [row.rollout_id for row in _outbox(world)] == [rid, rid]
