@@ -29,14 +29,14 @@ sys.path.insert(0, str(ROOT))
 from optimizer.baselines import builtin_source, eval_arrays  # noqa: E402
 from optimizer.evaluate import EvalConfig, EvalSet, evaluate, measure_quality  # noqa: E402
 from optimizer.figures import Figures  # noqa: E402
-from optimizer.recipes import GOOD_RECIPE, search  # noqa: E402
+from optimizer.recipes import GOOD_RECIPE, MINILM_RECIPE, search  # noqa: E402
 from optimizer.sources import ModelSource  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/optimize.py"
 RECIPES = {
     "digits": ("int8", GOOD_RECIPE, "int8-static"),
     # Torch recipes on the encoder cost minutes per try (distillation): one, with a bounded distillation.
-    "minilm-l6": ("int8:per_channel", "drop-layers:0.17,distill:seconds=60,int8:per_channel"),
+    "minilm-l6": ("int8:per_channel", MINILM_RECIPE, "drop-layers:0.17,distill:seconds=60,int8:per_channel"),
 }
 MAX_TRIES = 2
 QUALITY_BUDGET = {"digits": 0.02, "minilm-l6": 0.01}  # research gate (2 points); MiniLM target (1 point)
