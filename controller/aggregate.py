@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -203,6 +203,44 @@ def store(session: Session, windows: Mapping[WindowKey, Window], cursor: str | N
 
 def load_windows(session: Session, rollout_id: int) -> list[SampleWindowRow]:
     return list(session.scalars(select(SampleWindowRow).where(SampleWindowRow.rollout_id == rollout_id)))
+
+
+class WindowCache:
+    """Each active rollout's windows between reconcile ticks: a tick reads only the windows written since the last.
+
+    Windows change only by samples merged into them (late samples can reach an old window), each write
+    stamping `updated_at` with the database's clock. A read takes every window stamped since the newest
+    stamp already seen, less `margin_s`: a transaction that began earlier but committed later (its stamp
+    is its start) is still read when it took less than `margin_s`.
+    """
+
+    def __init__(self, margin_s: float = 60.0) -> None:
+        self._margin = timedelta(seconds=margin_s)
+        self._rows: dict[int, dict[int, SampleWindowRow]] = {}
+        self._newest: dict[int, datetime] = {}
+        self.last_read = 0  # windows the last `load` fetched from the database
+
+    def load(self, session: Session, rollout_id: int) -> list[SampleWindowRow]:
+        query = select(SampleWindowRow).where(SampleWindowRow.rollout_id == rollout_id)
+        newest = self._newest.get(rollout_id)
+        if newest is not None:
+            query = query.where(SampleWindowRow.updated_at >= newest - self._margin)
+        rows = self._rows.setdefault(rollout_id, {})
+        self.last_read = 0
+        for row in session.scalars(query):
+            rows[row.id] = row
+            newest = row.updated_at if newest is None else max(newest, row.updated_at)
+            self.last_read += 1
+        if newest is not None:
+            self._newest[rollout_id] = newest
+        return list(rows.values())
+
+    def keep_only(self, rollout_ids: Iterable[int]) -> None:
+        """Forget the rollouts no longer active (their windows are no longer read)."""
+        keep = set(rollout_ids)
+        for rollout_id in [r for r in self._rows if r not in keep]:
+            del self._rows[rollout_id]
+            self._newest.pop(rollout_id, None)
 
 
 def step_counts(session: Session, rollout_id: int, step_index: int, baseline: str, candidate: str) -> tuple[int, int]:

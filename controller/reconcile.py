@@ -78,6 +78,7 @@ class Reconciler:
         self.elector = LeaderElector(channel, holder or default_holder(), settings.leader_lease_s,
                                      take_office=lambda lock_token: take_office(session_factory, lock_token))
         self.counts: Counter[str] = Counter()  # decisions by event kind, samples folded/skipped, tick errors
+        self.windows = aggregate.WindowCache()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,7 +95,9 @@ class Reconciler:
             return False
         try:
             self.fold_samples(token)
-            for rollout_id in self._active_ids():
+            active = self._active_ids()
+            self.windows.keep_only(active)
+            for rollout_id in active:
                 try:
                     self.reconcile_rollout(rollout_id, token)
                 except (StaleLeader, Unavailable, DBAPIError):
@@ -169,7 +172,7 @@ class Reconciler:
         state = state_of(row)
         spec = state.spec
         looks = int((row.evaluation or {}).get("looks", 0)) + 1
-        windows = aggregate.load_windows(session, row.id)
+        windows = self.windows.load(session, row.id)
         obs = aggregate.observations(windows, spec.baseline, spec.candidate, looks=looks,
                                      offline_memory_bytes=self._offline_memory(session, row))
         results = self.evaluate(spec.criteria, obs)

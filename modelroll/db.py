@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, Engine
@@ -204,7 +205,8 @@ class SampleWindowRow(Base):
     """Samples of one variant in one rollout step aggregated over one time window (decisions replay from these)."""
 
     __tablename__ = "sample_windows"
-    __table_args__ = (Index("ix_sample_windows_rollout_step", "rollout_id", "step_index"),)
+    __table_args__ = (Index("ix_sample_windows_rollout_step", "rollout_id", "step_index"),
+                      Index("ix_sample_windows_rollout_updated", "rollout_id", "updated_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
@@ -221,6 +223,8 @@ class SampleWindowRow(Base):
     cpu_sum_ms: Mapped[float] = mapped_column(Float, default=0.0)
     memory_bytes_max: Mapped[int] = mapped_column(BigInteger, default=0)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)  # raw latencies, memory readings, labels
+    # The database's clock (one clock whichever controller writes): the controller re-reads only what changed.
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
 
 class WebhookOutboxRow(Base):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
+from controller import aggregate
 from controller.fencing import StaleLeader, fenced
 from modelroll.db import RolloutEventRow, RolloutRow, SampleWindowRow
 from tests.integration.controller_world import World, add_report, good_samples, make_world
@@ -183,3 +185,38 @@ def test_a_leader_that_cannot_renew_stops_leading_when_its_lease_runs_out(world:
     assert elector.poll() is not None and elector.token() is not None
     time.sleep(0.35)  # no renewal in time (a long GC pause, a stuck thread)
     assert elector.token() is None
+
+
+def test_the_windows_cache_rereads_only_what_changed_and_sees_late_samples(world: World) -> None:
+    rollout_id = create(world, [{"weight_pct": 0, "shadow": True, "min_duration_s": 600, "min_samples": 100},
+                                {"weight_pct": 100, "min_duration_s": 0, "min_samples": 100}])
+    t0 = world.clock.now.timestamp() // aggregate.WINDOW_S * aggregate.WINDOW_S + 1.0  # 1 s into a window
+    routes = {rollout_id: aggregate.Route(rollout_id, "digits", "fp32", "int8", 0)}
+
+    def fold_and_store(samples: list[Any]) -> None:
+        windows, _ = aggregate.fold(samples, routes, {"digits": routes[rollout_id]})
+        with world.session_factory() as session, session.begin():
+            aggregate.store(session, windows, None)
+
+    for k in range(6):  # 6 windows a side
+        fold_and_store(good_samples(rollout_id, 0, 20, t0 + k * aggregate.WINDOW_S, shadow=False))
+    cache = aggregate.WindowCache()
+    with world.session_factory() as session:
+        assert len(cache.load(session, rollout_id)) == cache.last_read == 12  # the first read is whole
+    with world.session_factory() as session, session.begin():  # time passes: nothing written for an hour
+        session.execute(update(SampleWindowRow).values(updated_at=func.now() - timedelta(hours=1)))
+    with world.session_factory() as session:
+        assert len(cache.load(session, rollout_id)) == 12 and cache.last_read == 0
+
+    fold_and_store(good_samples(rollout_id, 0, 5, t0 + 3600, shadow=False))  # a new window a side
+    fold_and_store(good_samples(rollout_id, 0, 5, t0 + 0.5, shadow=False))  # late samples: the oldest windows
+    with world.session_factory() as session:
+        cached = cache.load(session, rollout_id)
+        whole = aggregate.load_windows(session, rollout_id)
+    assert cache.last_read == 4  # the two new windows and the two old ones that took the late samples
+    assert sorted((w.id, w.requests, len(w.data["latency_ms"])) for w in cached) == \
+        sorted((w.id, w.requests, len(w.data["latency_ms"])) for w in whole)
+    assert sum(w.requests for w in cached if w.variant == "int8") == 130
+    cache.keep_only([])
+    with world.session_factory() as session:
+        assert len(cache.load(session, rollout_id)) == cache.last_read == 14  # forgotten: read whole again
