@@ -267,3 +267,22 @@ def test_samples_of_requests_answered_in_one_loop_pass_are_encoded_together(
         app.recorder.flush()
         ids = {s.request_id for s in SampleLog(channel).read() if s.kind == "request"}
         assert ids == {f"r{i}" for i in range(8)} | {"alone"}
+
+
+def test_a_settle_left_on_a_closed_event_loop_does_not_stall_the_next(tmp_path: Path,
+                                                                      digits_paths: dict[str, Path]) -> None:
+    with running_app(router_settings(tmp_path, router_flush_interval_s=30.0), MemoryChannel(),
+                     digits_source(digits_paths)) as app:
+        dead = asyncio.new_event_loop()
+        dead.close()
+        app._settle_loop = dead  # a settle call was scheduled on a loop that closed before running it
+        rows, _ = digits_rows(1)
+
+        async def go() -> str:
+            async with client(app) as c:
+                assert (await c.post("/v2/models/digits/infer", content=infer_body(rows, "after"))).status_code == 200
+                return (await c.get("/metrics")).text
+
+        metrics = run(go())
+        assert 'modelroll_requests_total{code="200",model="digits",variant="baseline"} 1.0' in metrics
+        assert app.recorder.pending >= 1 and app._settle_loop is None
