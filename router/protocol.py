@@ -7,6 +7,7 @@ accepted. JSON goes through orjson; binary tensors become numpy views without co
 
 from __future__ import annotations
 
+import array as array_module
 import struct
 from typing import Any
 
@@ -17,6 +18,7 @@ from modelroll.errors import InvalidInput
 from router.tensors import ACCEPTED_DATATYPES, DATATYPES, Signature, TensorSpec, datatype_of
 
 _INT_KINDS = "iu"
+_FLOAT_CODES = {"FP16": "f", "FP32": "f", "FP64": "d"}  # array module type codes (FP16 is converted after)
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
 _LEN = struct.Struct("<I")
 
@@ -110,6 +112,16 @@ def _from_json(spec: TensorSpec, data: Any, shape: tuple[int, ...]) -> np.ndarra
         array = np.empty(count, dtype=object)
         array[:] = items
         return array.reshape(shape)
+    float_code = _FLOAT_CODES.get(spec.datatype)
+    if float_code is not None and len(data) == count:
+        # Flat float data, the common case: array.array converts in C and refuses anything but numbers
+        # (strings, null, nested lists), which then take the general path below for their message.
+        try:
+            flat = np.frombuffer(array_module.array(float_code, data), dtype=float_code)
+        except (TypeError, OverflowError):
+            pass
+        else:
+            return flat.astype(spec.dtype, copy=False).reshape(shape)
     try:
         array = np.asarray(data)
     except (ValueError, TypeError):

@@ -9,7 +9,7 @@ import pytest
 from modelroll.errors import InvalidInput
 from router.protocol import decode_request, encode_response, serialize_bytes
 from router.runner_http import decode_response
-from router.tensors import Signature, TensorSpec
+from router.tensors import DATATYPES, Signature, TensorSpec
 
 TYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64"]
 SIG = Signature(
@@ -104,6 +104,20 @@ def test_nested_json_data_is_accepted() -> None:
     assert decode_request(body, None, DIGITS).inputs["input"].shape == (3, 64)
 
 
+def test_flat_and_nested_float_data_decode_alike() -> None:
+    rows = [[i + j / 64 for j in range(64)] for i in range(3)]
+    flat = [x for row in rows for x in row]
+    for datatype, model_type in (("FP32", "FP32"), ("FP64", "FP64"), ("FP16", "FP16")):
+        signature = Signature((TensorSpec("input", model_type, (-1, 64)),), DIGITS.outputs)
+        decoded = [decode_request(orjson.dumps({"inputs": [{"name": "input", "datatype": datatype, "shape": [3, 64],
+                                                            "data": data}]}), None, signature).inputs["input"]
+                   for data in (flat, rows, [int(x) for x in flat])]
+        assert decoded[0].dtype == DATATYPES[datatype] and decoded[0].shape == (3, 64)
+        np.testing.assert_array_equal(decoded[0], decoded[1])
+        np.testing.assert_array_equal(decoded[2], np.asarray([int(x) for x in flat], dtype=DATATYPES[datatype])
+                                      .reshape(3, 64))
+
+
 def _one(**entry: object) -> bytes:
     base: dict[str, object] = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}
     base.update(entry)
@@ -125,6 +139,8 @@ def _one(**entry: object) -> bytes:
     (_one(shape="1x64"), "non-negative integers"),
     (_one(data=[0.5] * 63), "needs 64"),
     (_one(data=["a"] * 64), "must be numbers"),
+    (_one(data=[0.5] * 63 + ["0.5"]), "must be numbers"),
+    (_one(data=[0.5] * 63 + [None]), "must be numbers"),
     (_one(data=[[0.5] * 63, [0.5]]), "ragged"),
     (_one(data=5), "must be a list"),
     (_one(data=None, parameters={}), "must be a list"),
