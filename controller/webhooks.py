@@ -38,6 +38,14 @@ def _waiting() -> Any:
     return (WebhookOutboxRow.delivered_at.is_(None)) & (WebhookOutboxRow.failed_at.is_(None))
 
 
+def _deliverable() -> Any:
+    """Waiting, and not behind an older waiting notification of the same rollout (decision order)."""
+    earlier = aliased(WebhookOutboxRow)
+    older_waiting = exists().where(earlier.rollout_id == WebhookOutboxRow.rollout_id, earlier.id < WebhookOutboxRow.id,
+                                   earlier.delivered_at.is_(None), earlier.failed_at.is_(None))
+    return _waiting() & ~older_waiting
+
+
 class WebhookNotifier:
     """Queues notifications in the outbox (in the caller's transaction) and posts them from a daemon thread."""
 
@@ -114,22 +122,16 @@ class WebhookNotifier:
     def _next_due_in(self) -> float:
         """Seconds until the next retry is due, at most `poll_s` (rows other controllers write are found by polling)."""
         with self._sessions() as session:
-            due = session.scalar(select(func.min(WebhookOutboxRow.next_attempt_at)).where(_waiting()))
+            due = session.scalar(select(func.min(WebhookOutboxRow.next_attempt_at)).where(_deliverable()))
         if due is None:
             return self.poll_s
         return min(self.poll_s, max(0.0, (due - utcnow()).total_seconds()))
 
     def deliver_due(self) -> int:
         """Post up to one batch of due notifications, oldest first; returns how many were tried."""
-        earlier = aliased(WebhookOutboxRow)
-        # A rollout's notifications go out in the order of its decisions: one waits while an older one retries.
-        older_waiting = exists().where(earlier.rollout_id == WebhookOutboxRow.rollout_id,
-                                       earlier.id < WebhookOutboxRow.id, earlier.delivered_at.is_(None),
-                                       earlier.failed_at.is_(None))
         with self._sessions() as session, session.begin():
             rows = list(session.scalars(
-                select(WebhookOutboxRow)
-                .where(_waiting(), WebhookOutboxRow.next_attempt_at <= utcnow(), ~older_waiting)
+                select(WebhookOutboxRow).where(_deliverable(), WebhookOutboxRow.next_attempt_at <= utcnow())
                 .order_by(WebhookOutboxRow.id).limit(_BATCH).with_for_update(skip_locked=True)))
             for row in rows:
                 self._attempt(row)

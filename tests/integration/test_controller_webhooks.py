@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -162,3 +163,32 @@ def test_phase_changes_by_hand_and_by_the_controller_are_notified(world: World, 
     assert kinds == ["started", "aborted"]
     assert "wrong candidate" in hook.bodies[1]["text"] and hook.bodies[1]["rollout"]["phase"] == "aborted"
     assert [row.rollout_id for row in _outbox(world)] == [rid, rid]
+
+
+def test_a_notification_behind_a_retry_waits_without_spinning_the_sender(world: World) -> None:
+    h = Hook(failures=100)
+    try:
+        with world.client() as client:
+            rid = client.post("/v1/rollouts", headers=world.auth("operator"),
+                              json={"model": "digits", "baseline": "fp32", "candidate": "int8"}).json()["id"]
+        notifier = WebhookNotifier(h.url, world.session_factory, attempts=2, backoff_s=1.0)
+        tries: list[int] = []
+        deliver = notifier.deliver_due
+
+        def counted() -> int:
+            tries.append(deliver())
+            return tries[-1]
+
+        notifier.deliver_due = counted  # type: ignore[method-assign]
+        with world.session_factory() as session, session.begin():
+            notifier.enqueue(session, "started", "first", {"id": rid})
+            notifier.enqueue(session, "aborted", "second", {"id": rid})
+        notifier.wake()
+        time.sleep(0.5)
+        assert h.attempts == 1  # the first failed and retries in 1 s; the second waits behind it
+        assert len(tries) < 10  # asleep until the retry is due, not polling the outbox in a loop
+        assert notifier.flush(10)
+        notifier.close()
+        assert h.attempts == 4 and notifier.failed == 2  # both tried twice, in order, then given up
+    finally:
+        h.close()
