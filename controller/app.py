@@ -24,7 +24,7 @@ from controller.api import ApiContext, api_router, context
 from controller.pages import pages_router
 from controller.reconcile import Reconciler
 from controller.transitions import latest_per_model, model_name
-from controller.webhooks import WebhookNotifier
+from controller.webhooks import WebhookNotifier, outbox_counts
 from modelroll.db import RolloutEventRow
 from modelroll.errors import ModelrollError
 from modelroll.live.base import LiveChannel
@@ -57,6 +57,8 @@ class _Metrics(Collector):
                                    labels=["model", "variant"])
         decisions = CounterMetricFamily("modelroll_rollout_decisions", "Rollout events recorded, by kind",
                                         labels=["kind"])
+        outbox = GaugeMetricFamily("modelroll_webhook_outbox", "Webhook notifications in the outbox, by state "
+                                   "(waiting: not yet delivered; failed: given up)", labels=["state"])
         try:
             with self.app.state.ctx.session_factory() as session:
                 for row in latest_per_model(session):
@@ -68,9 +70,12 @@ class _Metrics(Collector):
                 for kind, count in session.execute(select(RolloutEventRow.kind, func.count()).group_by(
                         RolloutEventRow.kind)):
                     decisions.add_metric([kind], float(count))
+                if self.notifier is not None and self.notifier.url:
+                    for state, count in outbox_counts(session).items():
+                        outbox.add_metric([state], float(count))
         except Exception as exc:  # a scrape must answer even with the database down; count it
             log.warning("metrics: database unreachable why=%s", exc)
-        yield from (phase, weight, decisions)
+        yield from (phase, weight, decisions, outbox)
         leader = GaugeMetricFamily("modelroll_controller_leader", "1 if this process is the controller leader")
         leader.add_metric([], 1.0 if self.reconciler is not None and self.reconciler.leading else 0.0)
         yield leader

@@ -46,6 +46,14 @@ def _deliverable() -> Any:
     return _waiting() & ~older_waiting
 
 
+def outbox_counts(session: Session) -> dict[str, int]:
+    """Notifications waiting for delivery and given up, in the whole outbox (what on-call alerts on)."""
+    waiting = session.scalar(select(func.count()).select_from(WebhookOutboxRow).where(_waiting()))
+    failed = session.scalar(select(func.count()).select_from(WebhookOutboxRow)
+                            .where(WebhookOutboxRow.failed_at.is_not(None)))
+    return {"waiting": int(waiting or 0), "failed": int(failed or 0)}
+
+
 class WebhookNotifier:
     """Queues notifications in the outbox (in the caller's transaction) and posts them from a daemon thread."""
 
@@ -82,7 +90,7 @@ class WebhookNotifier:
     def pending(self) -> int:
         """Notifications neither delivered nor given up, in the whole outbox (every controller's)."""
         with self._sessions() as session:
-            return int(session.scalar(select(func.count()).select_from(WebhookOutboxRow).where(_waiting())) or 0)
+            return outbox_counts(session)["waiting"]
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until the outbox holds nothing waiting (tests, shutdown); False when `timeout_s` ran out."""

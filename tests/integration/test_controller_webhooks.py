@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from controller.webhooks import WebhookNotifier
+from controller.webhooks import WebhookNotifier, outbox_counts
 from modelroll.db import WebhookOutboxRow
 from tests.integration.controller_world import World, make_world
 
@@ -97,6 +97,8 @@ def test_gives_up_and_counts_after_the_last_attempt(world: World) -> None:
         assert h.attempts == 3 and notifier.failed == 1 and notifier.sent == 0
         (row,) = _outbox(world)
         assert row.failed_at is not None and row.delivered_at is None and row.last_error == "status 503"
+        with world.session_factory() as session:
+            assert outbox_counts(session) == {"waiting": 0, "failed": 1}  # what /metrics exports
     finally:
         h.close()
 
@@ -157,7 +159,11 @@ def test_phase_changes_by_hand_and_by_the_controller_are_notified(world: World, 
         r = client.post(f"/v1/rollouts/{rid}/abort", headers={**world.auth("operator"), "If-Match": '"2"'},
                         json={"reason": "wrong candidate"})
         assert r.status_code == 200
-    assert notifier.flush(10)
+        assert notifier.flush(10)
+        metrics = client.get("/metrics").text
+        assert 'modelroll_webhook_outbox{state="waiting"} 0.0' in metrics
+        assert 'modelroll_webhook_outbox{state="failed"} 0.0' in metrics
+        assert 'modelroll_webhook_deliveries_total{outcome="sent"} 2.0' in metrics
     notifier.close()
     kinds = [b["kind"] for b in hook.bodies]
     assert kinds == ["started", "aborted"]
