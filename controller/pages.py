@@ -15,6 +15,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from controller import aggregate
 from controller import status_view as view
 from controller.api import ApiContext, context
 from controller.api_rollouts import apply_command
@@ -100,7 +101,7 @@ def pages_router() -> APIRouter:
             evaluation = row.evaluation or {}
             cards = view.criterion_cards(evaluation.get("results", []))
             lines = view.events(session, rollout_id)
-            series = view.series_from_windows(view.load_windows(session, rollout_id))
+            series = view.series_from_windows(aggregate.load_windows(session, rollout_id))
             report = newest_report(session, row.candidate_variant_id)
             report_lines = view.report_lines(report)
             timeline = view.timeline(row.spec or {}, row.step_index, row.phase)

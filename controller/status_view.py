@@ -236,7 +236,3 @@ def report_lines(report: CandidateReportRow | None) -> list[Line]:
     except (KeyError, TypeError, ValueError) as exc:  # a row of another figures schema: say so, keep the page
         log.warning("candidate_report=%s figures unreadable: %r", report.id, exc)
         return []
-
-
-def load_windows(session: Session, rollout_id: int) -> list[SampleWindowRow]:
-    return list(session.scalars(select(SampleWindowRow).where(SampleWindowRow.rollout_id == rollout_id)))
