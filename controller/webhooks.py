@@ -34,23 +34,22 @@ def payload(kind: str, text: str, rollout: Mapping[str, Any]) -> dict[str, Any]:
     return {"text": f"[modelroll] {text}", "kind": kind, "rollout": dict(rollout)}
 
 
-def _waiting() -> Any:
-    return (WebhookOutboxRow.delivered_at.is_(None)) & (WebhookOutboxRow.failed_at.is_(None))
+def _waiting(row: Any = WebhookOutboxRow) -> Any:
+    return row.delivered_at.is_(None) & row.failed_at.is_(None)
 
 
 def _deliverable() -> Any:
     """Waiting, and not behind an older waiting notification of the same rollout (decision order)."""
     earlier = aliased(WebhookOutboxRow)
     older_waiting = exists().where(earlier.rollout_id == WebhookOutboxRow.rollout_id, earlier.id < WebhookOutboxRow.id,
-                                   earlier.delivered_at.is_(None), earlier.failed_at.is_(None))
+                                   _waiting(earlier))
     return _waiting() & ~older_waiting
 
 
 def outbox_counts(session: Session) -> dict[str, int]:
     """Notifications waiting for delivery and given up, in the whole outbox (what on-call alerts on)."""
-    waiting = session.scalar(select(func.count()).select_from(WebhookOutboxRow).where(_waiting()))
-    failed = session.scalar(select(func.count()).select_from(WebhookOutboxRow)
-                            .where(WebhookOutboxRow.failed_at.is_not(None)))
+    waiting, failed = session.execute(select(func.count().filter(_waiting()),
+                                             func.count().filter(WebhookOutboxRow.failed_at.is_not(None)))).one()
     return {"waiting": int(waiting or 0), "failed": int(failed or 0)}
 
 
@@ -148,11 +147,11 @@ class WebhookNotifier:
     def _attempt(self, row: WebhookOutboxRow) -> None:
         body = {**row.body, "delivery_id": row.id, "created_at": row.created_at.isoformat()}
         final = False
+        row.attempts += 1
         try:
             response = self._client.post(self.url, json=body)
             if response.is_success:
                 row.delivered_at = utcnow()
-                row.attempts += 1
                 self.sent += 1
                 return
             # A 4xx other than 408/429 will not get better by retrying.
@@ -160,7 +159,6 @@ class WebhookNotifier:
             why = f"status {response.status_code}"
         except httpx.HTTPError as exc:
             why = f"{type(exc).__name__}: {exc}"
-        row.attempts += 1
         row.last_error = why
         if final or row.attempts >= self.attempts:
             row.failed_at = utcnow()
