@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelroll import production
 from modelroll.artifacts import ArtifactStore, StoredArtifact
 from modelroll.db import ArtifactRow, CandidateReportRow, ModelRow, VariantRow
 from modelroll.errors import Conflict, InvalidInput, NotFound
@@ -39,6 +40,7 @@ class VariantInfo:
     parent: str | None
     recipe: Mapping[str, Any]
     created_at: datetime
+    retired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class ModelInfo:
     description: str
     created_at: datetime
     variants: tuple[VariantInfo, ...]
+    production: str | None = None  # the variant that serves outside a rollout
 
 
 def _when(value: datetime) -> str:
@@ -69,15 +72,6 @@ def check_onnx(path: Path) -> None:
         raise InvalidInput(
             f"{path} is not a valid ONNX model: {reason}; modelroll accepts ONNX files (.onnx)"
         ) from None
-
-
-def _model_row(session: Session, name: str) -> ModelRow:
-    row = session.scalar(select(ModelRow).where(ModelRow.name == name))
-    if row is None:
-        known = session.scalars(select(ModelRow.name).order_by(ModelRow.name)).all()
-        listed = f"registered models: {', '.join(known)}" if known else "no model is registered yet"
-        raise NotFound(f"no model named {name!r} ({listed}): see `modelroll models list`")
-    return row
 
 
 def _variant_row(session: Session, model: ModelRow, name: str) -> VariantRow:
@@ -121,8 +115,9 @@ def _check_description(description: str) -> str:
 
 
 def register_model(session: Session, store: ArtifactStore, path: Path, name: str,
-                   description: str = "") -> tuple[ModelRow, VariantRow]:
-    """Record an ONNX file as model `name` with its baseline variant; the file goes into the store."""
+                   description: str = "", actor: str = "cli") -> tuple[ModelRow, VariantRow]:
+    """Record an ONNX file as model `name` with its baseline variant, its first production revision; the file
+    goes into the store."""
     check_name("model", name)
     _check_description(description)
     path = Path(path)
@@ -139,6 +134,8 @@ def register_model(session: Session, store: ArtifactStore, path: Path, name: str
                          artifact_id=artifact.id, recipe={})
     session.add(variant)
     _flush(session, f"model {name!r}")
+    production.set_production(session, model, variant, action=production.REGISTERED, actor=actor,
+                              reason="registered")
     return model, variant
 
 
@@ -162,7 +159,7 @@ def add_variant(session: Session, store: ArtifactStore, model: str, name: str, a
         json.dumps(recipe_dict)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"recipe of variant {name!r} must be JSON (numbers, text, lists, objects): {exc}") from None
-    model_row = _model_row(session, model)
+    model_row = production.model_row(session, model)
     parent_row = _variant_row(session, model_row, parent) if parent is not None else None
     clash = session.scalar(select(VariantRow).where(VariantRow.model_id == model_row.id, VariantRow.name == name))
     if clash is not None:
@@ -205,26 +202,27 @@ def _variants(session: Session, model_ids: Sequence[int]) -> dict[int, list[Vari
             id=variant.id, model=model_name, name=variant.name, role=variant.role, format=artifact.format,
             size_bytes=artifact.size_bytes, sha256=artifact.sha256, relpath=artifact.path,
             parent=names.get(variant.parent_id) if variant.parent_id is not None else None,
-            recipe=dict(variant.recipe), created_at=variant.created_at,
+            recipe=dict(variant.recipe), created_at=variant.created_at, retired=variant.retired_at is not None,
         ))
     return found
 
 
-def _info(row: ModelRow, variants: list[VariantInfo]) -> ModelInfo:
+def _info(row: ModelRow, variants: list[VariantInfo], serving: Mapping[str, str]) -> ModelInfo:
     return ModelInfo(id=row.id, name=row.name, description=row.description, created_at=row.created_at,
-                     variants=tuple(variants))
+                     variants=tuple(variants), production=serving.get(row.name))
 
 
 def list_models(session: Session) -> list[ModelInfo]:
-    """Every model by name, each with its variants in the order they were recorded."""
+    """Every model by name, each with its variants in the order they were recorded and its production variant."""
     rows = session.scalars(select(ModelRow).order_by(ModelRow.name)).all()
     variants = _variants(session, [row.id for row in rows])
-    return [_info(row, variants[row.id]) for row in rows]
+    serving = production.serving(session)
+    return [_info(row, variants[row.id], serving) for row in rows]
 
 
 def get_model(session: Session, name: str) -> ModelInfo:
-    row = _model_row(session, name)
-    return _info(row, _variants(session, [row.id])[row.id])
+    row = production.model_row(session, name)
+    return _info(row, _variants(session, [row.id])[row.id], production.serving(session))
 
 
 def get_variant(session: Session, model: str, variant: str) -> VariantInfo:

@@ -90,6 +90,7 @@ class ArtifactRow(Base):
     format: Mapped[str] = mapped_column(String(16))  # onnx | torch | hf
     path: Mapped[str] = mapped_column(Text)  # relative to the store root
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(nullable=True)  # file deleted: no live variant uses it
 
 
 class VariantRow(Base):
@@ -104,6 +105,28 @@ class VariantRow(Base):
     source_artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("variants.id"), nullable=True)
     recipe: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(nullable=True)  # no longer servable; history keeps it
+
+
+class ProductionRevisionRow(Base):
+    """One change of what serves a model outside a rollout; the model's highest revision is what serves now.
+
+    The unique (model, revision) pair is the optimistic lock: of two writers that read the same current
+    revision, only one can insert the next.
+    """
+
+    __tablename__ = "production_revisions"
+    __table_args__ = (UniqueConstraint("model_id", "revision", name="uq_production_revisions_model_revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per model
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id"))
+    action: Mapped[str] = mapped_column(String(32))  # registered | promoted | rollback
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
