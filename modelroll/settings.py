@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="modelroll:", description="Prefix of every Redis key.")
     redis_timeout_s: float = Field(default=1.0, gt=0, le=60)
     live_samples_max_len: int = Field(default=1_000_000, ge=1, description="Samples kept in the live log.")
+    live_predictions_max_len: int = Field(
+        default=1_000_000, ge=1, description="In-process channel only: predictions kept for the feedback join "
+        "(oldest dropped first); Redis bounds them by their TTL and its own maxmemory.")
     artifacts_dir: Path | None = Field(default=None, description="Default: home/artifacts.")
 
     # router

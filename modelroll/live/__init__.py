@@ -20,4 +20,5 @@ def open_channel(settings: Settings) -> LiveChannel:
                             samples_max_len=settings.live_samples_max_len)
     from modelroll.live.memory import MemoryChannel
 
-    return MemoryChannel(samples_max_len=settings.live_samples_max_len)
+    return MemoryChannel(samples_max_len=settings.live_samples_max_len,
+                         predictions_max_len=settings.live_predictions_max_len)

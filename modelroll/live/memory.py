@@ -21,6 +21,7 @@ from modelroll.live.memory_state import JobQueue, LockTable, StreamIds
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES_MAX_LEN = 1_000_000
+DEFAULT_PREDICTIONS_MAX_LEN = 1_000_000
 
 
 class MemorySubscription(Subscription):
@@ -59,9 +60,12 @@ class MemoryChannel(LiveChannel):
 
     def __init__(self, samples_max_len: int = DEFAULT_SAMPLES_MAX_LEN,
                  now: Callable[[], float] = time.monotonic,
-                 wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
+                 wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+                 predictions_max_len: int = DEFAULT_PREDICTIONS_MAX_LEN) -> None:
         if samples_max_len < 1:
             raise InvalidInput(f"samples_max_len must be at least 1, got {samples_max_len}")
+        if predictions_max_len < 1:
+            raise InvalidInput(f"predictions_max_len must be at least 1, got {predictions_max_len}")
         self._now = now
         self._ids = StreamIds(wall_ms)
         self._max_len = samples_max_len
@@ -81,6 +85,8 @@ class MemoryChannel(LiveChannel):
         self._pred_lock = threading.Lock()
         self._predictions: dict[str, tuple[bytes, float]] = {}
         self._expiries: list[tuple[float, str]] = []
+        self._predictions_max = predictions_max_len
+        self.predictions_dropped = 0  # dropped before their TTL to stay within predictions_max_len
 
         self._jobs_lock = threading.Lock()
         self._queues: dict[str, JobQueue] = {}
@@ -195,6 +201,7 @@ class MemoryChannel(LiveChannel):
             expires_at = now + ttl_s
             self._predictions[request_id] = (record, expires_at)
             heapq.heappush(self._expiries, (expires_at, request_id))
+            self._bound_predictions()
 
     def take_prediction(self, request_id: str) -> bytes | None:
         with self._pred_lock:
@@ -209,6 +216,19 @@ class MemoryChannel(LiveChannel):
             entry = self._predictions.get(request_id)
             if entry is not None and entry[1] == expires_at:
                 del self._predictions[request_id]
+
+    def _bound_predictions(self) -> None:
+        """Memory stays bounded however long the TTL: beyond `predictions_max_len` the predictions closest to
+        expiry go first (counted); the expiry heap is rebuilt once taken or renewed entries crowd it."""
+        while len(self._predictions) > self._predictions_max:
+            expires_at, request_id = heapq.heappop(self._expiries)
+            entry = self._predictions.get(request_id)
+            if entry is not None and entry[1] == expires_at:
+                del self._predictions[request_id]
+                self.predictions_dropped += 1
+        if len(self._expiries) > 2 * len(self._predictions) + 1024:
+            self._expiries = [(expires_at, request_id) for request_id, (_, expires_at) in self._predictions.items()]
+            heapq.heapify(self._expiries)
 
     # --- job queue ----------------------------------------------------------------
     def enqueue_job(self, queue: str, payload: bytes) -> str:

@@ -56,6 +56,25 @@ def test_expired_predictions_do_not_pile_up(channel: MemoryChannel, clock: FakeC
     assert channel.take_prediction("r0") == b"renewed"
 
 
+def test_predictions_stay_within_their_count_bound_however_long_the_ttl(clock: FakeClock) -> None:
+    channel = MemoryChannel(now=clock, predictions_max_len=100)
+    for i in range(5001):  # 2501 kept for a label (even i), 2500 taken at once (odd i)
+        channel.put_prediction(f"r{i}", b"x", ttl_s=86400)
+        clock.t += 0.001
+        if i % 2:
+            assert channel.take_prediction(f"r{i}") == b"x"  # taken ones leave stale heap entries behind
+    assert len(channel._predictions) == 100
+    assert len(channel._expiries) <= 2 * 100 + 1024
+    assert channel.predictions_dropped == 2501 - 100  # the untaken ones beyond the bound, oldest first
+    assert channel.take_prediction("r5000") == b"x" and channel.take_prediction("r4802") == b"x"
+    assert channel.take_prediction("r0") is None
+
+
+def test_a_bad_prediction_bound_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="predictions_max_len must be at least 1, got 0"):
+        MemoryChannel(predictions_max_len=0)
+
+
 def test_job_claim_expires_after_the_visibility_timeout_and_counts_attempts(
         channel: MemoryChannel, clock: FakeClock) -> None:
     job_id = channel.enqueue_job("optimize", b"p")
