@@ -132,9 +132,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def api_router() -> APIRouter:
-    from controller import api_models, api_rollouts
+    from controller import api_models, api_production, api_rollouts
 
     router = APIRouter(prefix="/v1", responses=_ERRORS)
     router.include_router(api_rollouts.router)
     router.include_router(api_models.router)
+    router.include_router(api_production.router)
     return router

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from controller.api import MAX_ID, Ctx, Operator, SafeStr, Viewer
 from controller.transitions import audit
+from modelroll import production
 from modelroll.db import (
     ArtifactRow,
     AuditEntryRow,
@@ -54,8 +55,11 @@ def _variants(session: Session, model: ModelRow) -> list[dict[str, Any]]:
 def _model_json(session: Session, model: ModelRow, *, detail: bool) -> dict[str, Any]:
     active = session.scalars(select(RolloutRow.id).where(
         RolloutRow.model_id == model.id, RolloutRow.phase.not_in([p.value for p in TERMINAL_PHASES]))).first()
+    serving = production.current_row(session, model.id)
     out: dict[str, Any] = {"name": model.name, "description": model.description,
-                           "created_at": _iso(model.created_at), "active_rollout": active}
+                           "created_at": _iso(model.created_at), "active_rollout": active,
+                           "production": serving[1].name if serving else None,
+                           "production_revision": serving[0].revision if serving else None}
     variants = _variants(session, model)
     out["variants"] = variants if detail else [v["name"] for v in variants]
     return out

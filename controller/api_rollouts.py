@@ -20,9 +20,11 @@ from controller.api import MAX_ID, Admin, ApiContext, Ctx, Operator, SafeStr, Vi
 from controller.auth import Principal
 from controller.machine import Command, RolloutState, state_to_dict, step
 from controller.transitions import apply_after_commit, audit, enqueue_notifications, state_of, summary, write
+from modelroll import production
+from modelroll.catalog import newest_report
 from modelroll.db import ModelRow, RolloutEventRow, RolloutRow, VariantRow
-from modelroll.errors import Conflict, NotFound
-from modelroll.types import TERMINAL_PHASES, Phase, RolloutSpec
+from modelroll.errors import Conflict, InvalidInput, NotFound
+from modelroll.types import TERMINAL_PHASES, Phase, RolloutSpec, check_name
 
 router = APIRouter(tags=["rollouts"])
 
@@ -46,15 +48,22 @@ class CriteriaIn(BaseModel):
     error_rate_tolerance: float | None = Field(default=None, ge=0, le=1)
     alpha: float | None = Field(default=None, ge=1e-6, le=0.5)
     min_samples: int | None = Field(default=None, ge=1, le=10**9)
+    memory_source: Literal["live", "offline"] | None = Field(
+        default=None, description="live (default): gate memory on the routers' exact readings; offline: on the "
+        "optimizer's figures, for routers whose runner cannot measure a variant's own memory (inline, remote).")
 
 
 class RolloutIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
-        "model": "digits", "baseline": "fp32", "candidate": "int8",
+        "model": "digits", "candidate": "int8",
         "steps": [{"weight_pct": 0, "shadow": True}, {"weight_pct": 5}, {"weight_pct": 100}]}})
     model: SafeStr = Field(max_length=63)
-    baseline: SafeStr = Field(max_length=63)
+    baseline: SafeStr | None = Field(default=None, max_length=63, description=(
+        "The variant that serves now (the model's production variant); omit it to use that. Any other is refused: "
+        "a rollout starts from what serves."))
     candidate: SafeStr = Field(max_length=63)
+    force: bool = Field(default=False, description=(
+        "Roll out a candidate whose offline report failed a gate, or that has no report; recorded with the actor."))
     steps: list[StepIn] | None = Field(default=None, min_length=1, max_length=100)
     criteria: CriteriaIn | None = None
     on_deadline: Literal["hold", "rollback"] = "hold"
@@ -69,8 +78,8 @@ class WeightIn(ReasonIn):
     weight_pct: float = Field(ge=0, le=100, description="Candidate share of traffic, held until resume.")
 
 
-def _spec(body: RolloutIn) -> RolloutSpec:
-    data: dict[str, Any] = {"model": body.model, "baseline": body.baseline, "candidate": body.candidate,
+def _spec(body: RolloutIn, baseline: str) -> RolloutSpec:
+    data: dict[str, Any] = {"model": body.model, "baseline": baseline, "candidate": body.candidate,
                             "on_deadline": body.on_deadline}
     if body.steps is not None:
         data["steps"] = [s.model_dump() for s in body.steps]
@@ -87,22 +96,68 @@ def _variant(session: Session, model: ModelRow, name: str, what: str) -> Variant
     return row
 
 
+def _baseline(session: Session, model: ModelRow, asked: str | None) -> VariantRow:
+    """What serves the model now; a rollout may name no other baseline (no silent redirect of traffic)."""
+    found = production.current_row(session, model.id)
+    if found is None:
+        raise Conflict(f"model {model.name!r} has no production variant to roll out against")
+    revision, serving = found
+    if asked is not None and asked != serving.name:
+        _variant(session, model, asked, "baseline")  # an unknown name is a 404 with the known ones
+        raise Conflict(
+            f"rollouts start from what serves: model {model.name!r} is served by {serving.name!r} (revision "
+            f"{revision.revision}), not {asked!r}; omit --baseline (or name {serving.name!r}), or first make "
+            f"{asked!r} serve with `modelroll models rollback {model.name} --to {asked}`")
+    return serving
+
+
+def _offline_verdict(session: Session, candidate: VariantRow) -> dict[str, Any]:
+    """The optimizer's verdict on the candidate: passed, the gates it failed, or no report at all."""
+    report = newest_report(session, candidate.id)
+    if report is None:
+        return {"report": None, "passed": None, "failed_gates": []}
+    failed = sorted(name for name, gate in (report.gates or {}).items()
+                    if isinstance(gate, dict) and not gate.get("passed"))
+    return {"report": report.id, "job": report.job_id, "passed": bool(report.passed), "failed_gates": failed}
+
+
+def _check_offline(model: str, candidate: str, offline: dict[str, Any], force: bool) -> None:
+    if offline["passed"] or force:
+        return
+    why = ("has no offline report (it was not built and measured by the optimizer)" if offline["report"] is None
+           else f"failed its offline gates ({', '.join(offline['failed_gates']) or 'see its report'}) in "
+                f"optimization job {offline['job']}")
+    raise Conflict(f"candidate {candidate!r} of model {model!r} {why}: roll it out anyway with force "
+                   "(`rollout create --force`), which is recorded with your name")
+
+
 @router.post("/rollouts", status_code=201, summary="Create a rollout (starts pending; the controller starts it)")
 def create_rollout(body: RolloutIn, ctx: Ctx, who: Operator, response: Response) -> dict[str, Any]:
-    spec = _spec(body)
+    for kind, name in (("model", body.model), ("candidate", body.candidate), ("baseline", body.baseline)):
+        if name is not None:
+            check_name(kind, name)  # a malformed name is a 400 before any lookup
     with ctx.session_factory() as session, session.begin():
-        model = session.scalars(select(ModelRow).where(ModelRow.name == spec.model).with_for_update()).first()
+        model = session.scalars(select(ModelRow).where(ModelRow.name == body.model).with_for_update()).first()
         if model is None:
             known = sorted(session.scalars(select(ModelRow.name)))
-            raise NotFound(f"model {spec.model!r} is not registered; registered models: {known}")
-        baseline = _variant(session, model, spec.baseline, "baseline")
-        candidate = _variant(session, model, spec.candidate, "candidate")
-        active = session.scalars(select(RolloutRow).where(
-            RolloutRow.model_id == model.id, RolloutRow.phase.not_in([p.value for p in TERMINAL_PHASES]))).first()
+            raise NotFound(f"model {body.model!r} is not registered; registered models: {known}")
+        baseline = _baseline(session, model, body.baseline)
+        candidate = _variant(session, model, body.candidate, "candidate")
+        if candidate.id == baseline.id:
+            raise InvalidInput(f"baseline and candidate must differ: {candidate.name!r} already serves model "
+                               f"{model.name!r}; pick another candidate")
+        if candidate.retired_at is not None:
+            raise Conflict(f"candidate {candidate.name!r} of model {model.name!r} is retired and cannot serve")
+        spec = _spec(body, baseline.name)
+        offline = _offline_verdict(session, candidate)
+        _check_offline(model.name, candidate.name, offline, body.force)
+        active = production.active_rollout(session, model.id)
         if active is not None:
             raise Conflict(f"model {spec.model!r} already has an active rollout {active.id} ({active.phase}): "
                            "abort it or let it finish before creating another")
-        state = RolloutState(rollout_id=0, spec=spec, seq=1, reason=f"created by {who.actor}")
+        forced = body.force and not offline["passed"]
+        reason = f"created by {who.actor}" + (" (forced past the offline verdict)" if forced else "")
+        state = RolloutState(rollout_id=0, spec=spec, seq=1, reason=reason)
         row = RolloutRow(model_id=model.id, baseline_variant_id=baseline.id, candidate_variant_id=candidate.id,
                          spec=spec.to_dict(), phase=Phase.PENDING.value, step_index=0, weights=state.weights,
                          state=state_to_dict(state), last_reason=state.reason, created_by=who.actor, evaluation={})
@@ -110,8 +165,9 @@ def create_rollout(body: RolloutIn, ctx: Ctx, who: Operator, response: Response)
         session.flush()
         session.add(RolloutEventRow(rollout_id=row.id, seq=1, kind="created", actor=who.actor, reason=state.reason,
                                     from_phase="", to_phase=Phase.PENDING.value, step_index=0,
-                                    evidence={"spec": spec.to_dict()}))
-        audit(session, who.actor, "rollout.create", "rollout", row.id, {}, summary(row))
+                                    evidence={"spec": spec.to_dict(), "offline": offline, "forced": forced}))
+        audit(session, who.actor, "rollout.create", "rollout", row.id, {},
+              {**summary(row), "offline": offline, "forced": forced})
         session.flush()
         out = rollout_json(row)
     response.headers.update(etag(out["version"]))

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from modelroll.errors import Conflict, Forbidden, InvalidInput, ModelrollError, NotFound, Unauthorized, Unavailable
 from modelroll.settings import Settings
+from modelroll.types import MemorySource
 
 _ERRORS: dict[int, type[ModelrollError]] = {400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound,
                                             409: Conflict, 428: Conflict, 503: Unavailable}
@@ -77,6 +78,22 @@ def parse_steps(text: str, min_duration_s: float | None, min_samples: int | None
     return steps
 
 
+def _memory_gate(value: str) -> str:
+    accepted = [m.value for m in MemorySource]
+    if value not in accepted:
+        raise InvalidInput(f"--memory-gate {value!r} is not one of {accepted}: 'live' gates memory on the routers' "
+                           "exact readings (MODELROLL_ROUTER_RUNNER=subprocess), 'offline' on the optimizer's figures")
+    return value
+
+
+def _criteria_object(criteria: Any) -> dict[str, Any]:
+    if criteria is None:
+        return {}
+    if not isinstance(criteria, dict):
+        raise InvalidInput(f"--criteria must be a JSON object, got {type(criteria).__name__}")
+    return criteria
+
+
 def _emit(data: Any, as_json: bool, console: Console, text: str) -> None:
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -101,7 +118,9 @@ def print_status(console: Console, rollout: dict[str, Any], events: list[dict[st
     verdict = rollout.get("verdict") or "not evaluated yet"
     console.print(f"  verdict: {verdict}")
     for result in rollout.get("results", []):
-        console.print(f"  - {result['criterion']}: {result['verdict']}: {result['message']}")
+        source = result.get("source", "live")  # offline figures and unmeasurable criteria say so
+        label = result["criterion"] if source == "live" else f"{result['criterion']} ({source})"
+        console.print(f"  - {label}: {result['verdict']}: {result['message']}")
     if events:
         table = Table("seq", "time", "event", "actor", "reason", title="last events", title_justify="left")
         for e in events[-5:]:
@@ -134,17 +153,25 @@ def register(app: typer.Typer) -> None:
 
     @rollout.command("create")
     def create(ctx: typer.Context, model: Annotated[str, typer.Option(help="Model name.")],
-               baseline: Annotated[str, typer.Option(help="Baseline variant.")],
                candidate: Annotated[str, typer.Option(help="Candidate variant.")],
+               baseline: Annotated[str | None, typer.Option(
+                   help="What serves now (the default); naming another variant is refused.")] = None,
                steps: Annotated[str | None, typer.Option(help="e.g. shadow,1,5,25,50,100")] = None,
                min_duration_s: Annotated[float | None, typer.Option(help="Every step's minimum duration.")] = None,
                min_samples: Annotated[int | None, typer.Option(help="Every step's minimum samples.")] = None,
                on_deadline: Annotated[str, typer.Option(help="hold or rollback")] = "hold",
                criteria: Annotated[str | None, typer.Option(help='JSON, e.g. \'{"alpha": 0.01}\'')] = None,
+               memory_gate: Annotated[str | None, typer.Option(
+                   help="live (default): gate memory on the routers' exact readings (subprocess runner); "
+                        "offline: on the optimizer's figures (for inline or remote runners).")] = None,
+               force: Annotated[bool, typer.Option(
+                   "--force", help="Roll out a candidate that failed its offline gates or has no report "
+                                   "(recorded with your name).")] = False,
                url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-        """Create a rollout of CANDIDATE against BASELINE."""
-        body: dict[str, Any] = {"model": model, "baseline": baseline, "candidate": candidate,
-                                "on_deadline": on_deadline}
+        """Create a rollout of CANDIDATE against what serves MODEL now."""
+        body: dict[str, Any] = {"model": model, "candidate": candidate, "on_deadline": on_deadline, "force": force}
+        if baseline is not None:
+            body["baseline"] = baseline
         if steps is not None:
             body["steps"] = parse_steps(steps, min_duration_s, min_samples)
         if criteria is not None:
@@ -152,6 +179,8 @@ def register(app: typer.Typer) -> None:
                 body["criteria"] = json.loads(criteria)
             except ValueError as exc:
                 raise InvalidInput(f"--criteria is not JSON: {exc}") from None
+        if memory_gate is not None:
+            body["criteria"] = {**_criteria_object(body.get("criteria")), "memory_source": _memory_gate(memory_gate)}
         r = Api(settings_of(ctx), url, token).call("POST", "/v1/rollouts", json=body).json()
         _emit(r, as_json, console, f"created {_line(r)}")
 
@@ -212,6 +241,38 @@ def register(app: typer.Typer) -> None:
         with session_scope(settings_of(ctx)) as session:
             secret = create_token(session, name, role)
         _emit({"name": name, "role": role, "token": secret}, as_json, console, secret)
+
+    from modelroll.cli import models_app
+
+    @models_app.command("rollback")
+    def models_rollback(
+            ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name.")],
+            to: Annotated[str | None, typer.Option("--to", help="The variant to serve again.")] = None,
+            revision: Annotated[int | None, typer.Option("--revision", help="Serve revision N's variant.")] = None,
+            abort_active: Annotated[bool, typer.Option(
+                "--abort-active", help="Abort the model's active rollout first (else refused).")] = False,
+            reason: ReasonOpt = "", url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+        """Undo: make an earlier production variant serve MODEL again, at once (admin; default: the one before)."""
+        body: dict[str, Any] = {"reason": reason, "abort_active": abort_active}
+        if to is not None:
+            body["to"] = to
+        if revision is not None:
+            body["revision"] = revision
+        r = Api(settings_of(ctx), url, token).call("POST", f"/v1/models/{model}/rollback", json=body).json()
+        new, old = r["production"], r["previous"]
+        aborted = f"; aborted rollout {r['aborted_rollout']}" if r.get("aborted_rollout") else ""
+        _emit(r, as_json, console, f"{model}: {new['variant']} serves (revision {new['revision']}), "
+                                   f"was {old['variant']} (revision {old['revision']}){aborted}")
+
+    @models_app.command("history")
+    def models_history(ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name.")],
+                       url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+        """What served MODEL, newest first: revision, variant, how (registered, promoted, rollback), who, why."""
+        rows = Api(settings_of(ctx), url, token).call("GET", f"/v1/models/{model}/revisions").json()["revisions"]
+        lines = [f"revision {r['revision']}  {r['variant']}  {r['action']}"
+                 + (f" (rollout {r['rollout_id']})" if r["rollout_id"] else "")
+                 + f"  by {r['actor']} at {r['created_at'][:19]}  {r['reason']}" for r in rows]
+        _emit(rows, as_json, console, "\n".join(lines))
 
     @tokens.command("revoke")
     def tokens_revoke(ctx: typer.Context, name: Annotated[str, typer.Option(help="The token's name.")]) -> None:

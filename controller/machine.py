@@ -108,6 +108,11 @@ class RolloutState:
         return {self.spec.baseline: 100.0 - self.weight_pct, self.spec.candidate: self.weight_pct}
 
     @property
+    def serving(self) -> str:
+        """The variant that answers when another fails: the production variant (the candidate once promoted)."""
+        return self.spec.candidate if self.phase is Phase.PROMOTED else self.spec.baseline
+
+    @property
     def shadow(self) -> str | None:
         live = self.phase in (Phase.SHADOW, Phase.PAUSED) and self.started_at is not None
         step = self.spec.steps[self.step_index]
@@ -116,9 +121,22 @@ class RolloutState:
 
 @dataclass(frozen=True, slots=True)
 class PublishSplit:
+    """The split routers must follow; `final`: the rollout is over and `baseline` alone serves, as production."""
+
     weights: dict[str, float]
     shadow: str | None
     step: int
+    baseline: str
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SetProduction:
+    """Make `variant` the model's production variant, in the transaction that records the promotion."""
+
+    variant: str
+    actor: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +157,7 @@ class Notify:
     text: str
 
 
-Action = PublishSplit | RecordEvent | Notify
+Action = PublishSplit | RecordEvent | Notify | SetProduction
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +205,10 @@ def _move(state: RolloutState, to: Phase, *, kind: str, actor: str, reason: str,
     )]
     if (new.weights, new.shadow, new.step_index) != (state.weights, state.shadow, state.step_index) \
             or (state.started_at is None and new.started_at is not None):
-        actions.append(PublishSplit(weights=new.weights, shadow=new.shadow, step=new.step_index))
+        actions.append(PublishSplit(weights=new.weights, shadow=new.shadow, step=new.step_index,
+                                    baseline=new.serving, final=to.terminal))
+    if to is Phase.PROMOTED:
+        actions.append(SetProduction(variant=state.spec.candidate, actor=actor, reason=reason))
     if notify and (to is not state.phase or kind in ("advanced", "deadline")):
         actions.append(Notify(kind=kind, text=f"rollout {state.rollout_id} of {state.spec.model} "
                                               f"({state.spec.candidate} vs {state.spec.baseline}): {reason}"))
@@ -203,6 +224,15 @@ def _describe_step(spec: RolloutSpec, index: int) -> str:
     step = spec.steps[index]
     what = "shadow (0 % served, mirrored)" if step.shadow else f"{step.weight_pct:g} %"
     return f"step {index + 1} of {len(spec.steps)}: {what}"
+
+
+def _describe_state(state: RolloutState) -> str:
+    """Where the rollout is, as served: a weight set by hand is named, never hidden behind the step's plan."""
+    planned = state.spec.steps[state.step_index]
+    where = _describe_step(state.spec, state.step_index)
+    if state.started_at is not None and state.weight_pct != planned.weight_pct:
+        where += f", candidate held at {state.weight_pct:g} % by hand"
+    return where
 
 
 def step(state: RolloutState, now: datetime, evaluation: Evaluation | None = None,
@@ -231,7 +261,7 @@ def _decide(state: RolloutState, now: datetime, evaluation: Evaluation | None) -
         failing = [r for r in evaluation.results if r.verdict is Verdict.FAIL]
         because = "; ".join(f"{r.criterion}: {r.message}" for r in failing) or "a criterion failed"
         return _move(state, Phase.ROLLED_BACK, kind="rolled_back", actor=CONTROLLER, now=now,
-                     reason=f"rolled back at {_describe_step(spec, state.step_index)}: {because}",
+                     reason=f"rolled back at {_describe_state(state)}: {because}",
                      evidence=_evidence(evaluation), hold="", resume_phase=None)
     if state.phase is Phase.PAUSED:
         return Transition(state)
@@ -242,7 +272,7 @@ def _decide(state: RolloutState, now: datetime, evaluation: Evaluation | None) -
             and evaluation.step_samples >= current.min_samples):
         if state.step_index + 1 >= len(spec.steps):
             return _move(state, Phase.PROMOTED, kind="promoted", actor=CONTROLLER, now=now,
-                         reason=f"promoted: every criterion passed at {_describe_step(spec, state.step_index)}",
+                         reason=f"promoted: every criterion passed at {_describe_state(state)}",
                          evidence=_evidence(evaluation))
         nxt = state.step_index + 1
         phase, weight = _enter_step(nxt, spec)
@@ -261,7 +291,7 @@ def _deadline(state: RolloutState, now: datetime, evaluation: Evaluation, elapse
     pending = [r for r in evaluation.results if r.verdict is not Verdict.PASS]
     why = "; ".join(f"{r.criterion}: {r.message}" for r in pending) or (
         f"{evaluation.step_samples} of {spec.steps[state.step_index].min_samples} candidate samples in the step")
-    base = f"{_describe_step(spec, state.step_index)} reached its deadline after {elapsed_s:.0f} s undecided ({why})"
+    base = f"{_describe_state(state)} reached its deadline after {elapsed_s:.0f} s undecided ({why})"
     if spec.on_deadline is DeadlinePolicy.ROLLBACK:
         return _move(state, Phase.ROLLED_BACK, kind="rolled_back", actor=CONTROLLER, now=now,
                      reason=f"rolled back by policy: {base}", evidence=_evidence(evaluation))
@@ -289,7 +319,7 @@ def _apply_command(state: RolloutState, now: datetime, command: Command) -> Tran
     if command.kind == "pause":
         resume = state.resume_phase if state.phase is Phase.PAUSED else state.phase
         return _move(state, Phase.PAUSED, kind="paused", actor=command.actor, now=now,
-                     reason=f"paused at {_describe_step(spec, state.step_index)}{who}",
+                     reason=f"paused at {_describe_state(state)}{who}",
                      hold="paused", resume_phase=resume)
     if command.kind == "resume":
         back = state.resume_phase or Phase.PENDING

@@ -30,9 +30,8 @@ from controller.leader import LeaderElector
 from controller.machine import Evaluation, Transition, result_to_dict, step
 from controller.transitions import (
     apply_after_commit,
-    desired_split,
+    desired_splits,
     enqueue_notifications,
-    latest_per_model,
     model_name,
     same_split,
     state_of,
@@ -40,6 +39,7 @@ from controller.transitions import (
     write,
 )
 from controller.webhooks import WebhookNotifier
+from modelroll import catalog
 from modelroll.catalog import newest_report
 from modelroll.db import RolloutRow
 from modelroll.errors import Unavailable
@@ -54,6 +54,7 @@ GROUP = "controller"
 CONSUMER = "leader"  # one name for every leader, so a new leader is redelivered what the old one never acked
 BATCH = 2000
 MAX_BATCHES_PER_TICK = 50
+CATALOG_POLL_S = 0.1  # how often the leader looks for catalog changes made where no channel reaches (a CLI)
 
 Evaluate = Callable[[Criteria, Any], list[CriterionResult]]
 Overall = Callable[[Sequence[CriterionResult]], Verdict]
@@ -79,6 +80,7 @@ class Reconciler:
                                      take_office=lambda lock_token: take_office(session_factory, lock_token))
         self.counts: Counter[str] = Counter()  # decisions by event kind, samples folded/skipped, tick errors
         self.windows = aggregate.WindowCache()
+        self._catalog_marks: dict[str, tuple[int, int, int]] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -208,18 +210,39 @@ class Reconciler:
         return b.memory_bytes, c.memory_bytes
 
     def publish_desired_splits(self) -> int:
-        """Republish any model's split that differs from its newest started rollout (e.g. after a crash)."""
+        """Publish every model's split that differs from what it should be: its running rollout's, else its
+        production variant's (a model registered or rolled back by a CLI, a crash between commit and publish)."""
         with self.session_factory() as session:
-            rows = [(desired_split(r, model_name(session, r)), r) for r in latest_per_model(session)
-                    if (r.state or {}).get("started_at")]
+            wanted = desired_splits(session)
         current = self.channel.get_splits()
         published = 0
-        for split, _row in rows:
+        for split in wanted.values():
             if not same_split(split, current.get(split.model)):
                 self.channel.publish_split(split)
                 published += 1
                 self.counts["splits_republished"] += 1
         return published
+
+    def follow_catalog(self) -> int:
+        """While leader: republish the split of every model whose catalog changed since the last look (a model
+        registered, a variant added or retired, what serves changed), so routers reload without a restart.
+
+        Changes made through the API are published at once; this catches those made straight in the database.
+        """
+        if not self.leading:
+            return 0
+        with self.session_factory() as session:
+            marks = catalog.marks(session)
+            seen, self._catalog_marks = self._catalog_marks, marks
+            if seen is None:  # first look: the tick's publish_desired_splits covers what differs
+                return 0
+            changed = [model for model, mark in marks.items() if seen.get(model) != mark]
+            wanted = desired_splits(session) if changed else {}
+        for model in changed:
+            if model in wanted:
+                self.channel.publish_split(wanted[model])
+                self.counts["catalog_changes_published"] += 1
+        return len(changed)
 
     def _active_ids(self) -> list[int]:
         with self.session_factory() as session:
@@ -252,7 +275,13 @@ class Reconciler:
                 except Exception:  # a bug must not end the loop silently: counted, logged, retried
                     self.counts["tick_errors"] += 1
                     log.exception("reconcile pass failed, retrying next tick")
-                self._stop.wait(max(0.0, self.settings.reconcile_interval_s - (time.monotonic() - started)))
+                deadline = started + self.settings.reconcile_interval_s
+                while (left := deadline - time.monotonic()) > 0 and not self._stop.wait(min(left, CATALOG_POLL_S)):
+                    try:
+                        self.follow_catalog()
+                    except (Unavailable, DBAPIError) as exc:
+                        self.counts["tick_errors"] += 1
+                        log.warning("catalog look failed, retrying why=%s", exc)
         finally:
             self.elector.stop()
 

@@ -15,9 +15,19 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from controller.machine import Action, Notify, PublishSplit, RolloutState, Transition, state_from_dict, state_to_dict
+from controller.machine import (
+    Action,
+    Notify,
+    PublishSplit,
+    RolloutState,
+    SetProduction,
+    Transition,
+    state_from_dict,
+    state_to_dict,
+)
 from controller.webhooks import WebhookNotifier
-from modelroll.db import AuditEntryRow, ModelRow, RolloutEventRow, RolloutRow, utcnow
+from modelroll import production
+from modelroll.db import AuditEntryRow, ModelRow, RolloutEventRow, RolloutRow, VariantRow, utcnow
 from modelroll.errors import Unavailable
 from modelroll.live.base import LiveChannel, SplitConfig
 from modelroll.types import RolloutSpec
@@ -35,7 +45,8 @@ def model_name(session: Session, row: RolloutRow) -> str:
 
 def write(session: Session, row: RolloutRow, transition: Transition, *, fencing_token: int | None = None,
           now: datetime | None = None) -> None:
-    """Put the transition's state on the row and insert its events, in the caller's transaction."""
+    """Put the transition's state on the row, insert its events and (on promotion) make the candidate what serves,
+    all in the caller's transaction."""
     state = transition.state
     row.phase = state.phase.value
     row.step_index = state.step_index
@@ -48,6 +59,13 @@ def write(session: Session, row: RolloutRow, transition: Transition, *, fencing_
             reason=event.reason, from_phase=event.from_phase.value, to_phase=event.to_phase.value,
             step_index=event.step_index, evidence=event.evidence, fencing_token=fencing_token,
         ))
+    for action in transition.actions:
+        if isinstance(action, SetProduction):
+            model = session.get(ModelRow, row.model_id)
+            variant = session.get(VariantRow, row.candidate_variant_id)
+            assert model is not None and variant is not None, "foreign keys keep both"
+            production.set_production(session, model, variant, action=production.PROMOTED, actor=action.actor,
+                                      reason=action.reason, rollout_id=row.id)
 
 
 def audit(session: Session, actor: str, action: str, target_kind: str, target_id: str | int,
@@ -64,20 +82,33 @@ def summary(row: RolloutRow) -> dict[str, Any]:
             "weights": dict(row.weights or {}), "version": row.version, "reason": row.last_reason}
 
 
+def production_split(model: str, variant: str) -> SplitConfig:
+    """What routers serve outside a rollout: the production variant alone."""
+    return SplitConfig(model=model, weights={variant: 100.0}, baseline=variant)
+
+
 def split_of(model: str, rollout_id: int, action: PublishSplit) -> SplitConfig:
+    if action.final:
+        return production_split(model, action.baseline)
     return SplitConfig(model=model, weights=action.weights, shadow=action.shadow, rollout_id=rollout_id,
-                       step=action.step)
+                       step=action.step, baseline=action.baseline)
 
 
-def desired_split(row: RolloutRow, model: str) -> SplitConfig:
-    state = state_of(row)
-    return SplitConfig(model=model, weights=state.weights, shadow=state.shadow, rollout_id=row.id,
-                       step=state.step_index)
+def desired_splits(session: Session) -> dict[str, SplitConfig]:
+    """Every model's split as it should be now: its started, unfinished rollout's, else its production variant's."""
+    out = {model: production_split(model, variant) for model, variant in production.serving(session).items()}
+    for row in latest_per_model(session):
+        state = state_of(row)
+        if state.started_at is not None and not state.phase.terminal:
+            model = model_name(session, row)
+            out[model] = SplitConfig(model=model, weights=state.weights, shadow=state.shadow, rollout_id=row.id,
+                                     step=state.step_index, baseline=state.serving)
+    return out
 
 
 def same_split(a: SplitConfig, b: SplitConfig | None) -> bool:
-    return b is not None and (dict(a.weights), a.shadow, a.rollout_id, a.step) == (
-        dict(b.weights), b.shadow, b.rollout_id, b.step)
+    return b is not None and (dict(a.weights), a.shadow, a.rollout_id, a.step, a.baseline) == (
+        dict(b.weights), b.shadow, b.rollout_id, b.step, b.baseline)
 
 
 def enqueue_notifications(session: Session, notifier: WebhookNotifier | None, row_summary: dict[str, Any],

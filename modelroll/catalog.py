@@ -13,13 +13,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from modelroll import production
 from modelroll.artifacts import ArtifactStore, StoredArtifact
-from modelroll.db import ArtifactRow, CandidateReportRow, ModelRow, VariantRow
+from modelroll.db import ArtifactRow, CandidateReportRow, ModelRow, ProductionRevisionRow, VariantRow
 from modelroll.errors import Conflict, InvalidInput, NotFound
 from modelroll.types import Role, check_name
 
@@ -232,3 +232,15 @@ def get_variant(session: Session, model: str, variant: str) -> VariantInfo:
             return candidate
     known = ", ".join(v.name for v in info.variants) or "none"
     raise NotFound(f"model {model!r} has no variant {variant!r}: its variants are {known}")
+
+
+def marks(session: Session) -> dict[str, tuple[int, int, int]]:
+    """Per model, a mark that changes whenever its catalog does (a variant added or retired, a new production
+    revision): cheap enough for the leader to poll several times a second."""
+    variants = session.execute(
+        select(ModelRow.name, func.max(VariantRow.id), func.count(VariantRow.retired_at))
+        .join(VariantRow, VariantRow.model_id == ModelRow.id).group_by(ModelRow.name)).all()
+    revisions = dict(session.execute(
+        select(ModelRow.name, func.max(ProductionRevisionRow.revision))
+        .join(ProductionRevisionRow, ProductionRevisionRow.model_id == ModelRow.id).group_by(ModelRow.name)).all())
+    return {name: (int(newest), int(retired), int(revisions.get(name) or 0)) for name, newest, retired in variants}

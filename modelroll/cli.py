@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -186,7 +187,8 @@ def db_check(ctx: typer.Context) -> None:
     typer.echo(f"schema matches modelroll's models at revision {migrate.current(settings)}")
 
 
-models_app = typer.Typer(no_args_is_help=True, help="Register models and list them with their variants.")
+models_app = typer.Typer(no_args_is_help=True, help=(
+    "Register models, list them with their variants and what serves each, undo a promotion (rollback)."))
 
 
 @models_app.command("register")
@@ -209,9 +211,11 @@ def models_register(
 def _model_json(model: catalog.ModelInfo) -> dict[str, Any]:
     return {
         "name": model.name, "description": model.description, "created_at": model.created_at.isoformat(),
+        "production": model.production,
         "variants": [
             {"name": v.name, "role": v.role, "parent": v.parent, "format": v.format, "size_bytes": v.size_bytes,
-             "sha256": v.sha256, "recipe": dict(v.recipe), "created_at": v.created_at.isoformat()}
+             "sha256": v.sha256, "recipe": dict(v.recipe), "created_at": v.created_at.isoformat(),
+             "retired": v.retired}
             for v in model.variants
         ],
     }
@@ -221,23 +225,29 @@ def _model_json(model: catalog.ModelInfo) -> dict[str, Any]:
 def models_list(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="Also list retired variants.")] = False,
 ) -> None:
-    """List models and their variants (role, parent, size, sha256)."""
+    """List models and their variants (role, parent, size, sha256); `serves` marks each model's production
+    variant, the one routers answer with outside a rollout."""
     with session_scope(settings_of(ctx)) as session:
         models = catalog.list_models(session)
+    models = [replace(m, variants=tuple(v for v in m.variants if show_all or not v.retired)) for m in models]
     if as_json:
         typer.echo(json.dumps([_model_json(m) for m in models], indent=2))
         return
     if not models:
         typer.echo("no models registered yet: modelroll models register PATH --name NAME")
         return
+    models = [replace(m, variants=tuple(replace(v, role=f"retired {v.role}") if v.retired else v
+                                        for v in m.variants)) for m in models]
     table = Table(box=None)
-    for column in ("model", "variant", "role", "parent", "format", "size", "sha256", "created (UTC)"):
+    for column in ("model", "variant", "serves", "role", "parent", "format", "size", "sha256", "created (UTC)"):
         table.add_column(column, no_wrap=True)
     for model in models:
         for v in model.variants:
-            table.add_row(model.name, v.name, v.role, v.parent or "-", v.format, human_bytes(v.size_bytes),
-                          v.sha256[:12], f"{v.created_at:%Y-%m-%d %H:%M}")
+            table.add_row(model.name, v.name, "production" if v.name == model.production else "", v.role,
+                          v.parent or "-", v.format, human_bytes(v.size_bytes), v.sha256[:12],
+                          f"{v.created_at:%Y-%m-%d %H:%M}")
     console = Console()
     # Piped output is for reading later or grepping: never cut it to a guessed terminal width.
     (console if console.is_terminal else Console(width=200)).print(table)
@@ -273,3 +283,7 @@ _register_optimizer(app)
 from modelroll.cli_up import register as _register_up  # noqa: E402
 
 _register_up(app)
+
+from modelroll.cli_gc import register as _register_gc  # noqa: E402
+
+_register_gc(app, models_app)

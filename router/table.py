@@ -113,11 +113,11 @@ class ModelTable:
             default = baseline_of(specs)
             if config is None:
                 if default is None:
-                    raise NotFound(f"model {model!r} has no variant with role baseline")
+                    raise NotFound(f"model {model!r} has no production variant")
                 config_weights: dict[str, float] = {default.name: 100.0}
             else:
                 config_weights = dict(config.weights)
-            fallback_name = self._fallback_name(config_weights, specs, default)
+            fallback_name = self._fallback_name(config, config_weights, specs, default)
             variants: dict[str, LoadedVariant] = {}
             wanted = [n for n, w in config_weights.items() if w > 0 or n == fallback_name]
             if config is not None and config.shadow:
@@ -150,12 +150,20 @@ class ModelTable:
             )
             self.routes[model] = routes
             self.errors.pop(model, None)
+            gone = [self._loaded.pop(key) for key in list(self._loaded) if key[0] == model and key[1] not in names]
+        for loaded in gone:  # retired since it was loaded: its runner's memory goes back
+            log.info("unloading variant model=%s variant=%s: no longer in the catalog", model, loaded.name)
+            loaded.runner.close()
         if self._on_change is not None:
             self._on_change(routes)
         return routes
 
     @staticmethod
-    def _fallback_name(weights: dict[str, float], specs: list[VariantSpec], default: VariantSpec | None) -> str:
+    def _fallback_name(config: SplitConfig | None, weights: dict[str, float], specs: list[VariantSpec],
+                       default: VariantSpec | None) -> str:
+        """The split's baseline (the production variant the rollout started from), whatever its catalog role."""
+        if config is not None and config.baseline is not None:
+            return config.baseline
         if default is not None and default.name in weights:
             return default.name
         roles = {s.name: s.role for s in specs}

@@ -27,6 +27,7 @@ class VariantSpec:
     url: str | None = None
     remote_model: str | None = None
     runner: str | None = None  # inline | subprocess; None = the router's default
+    production: bool = False  # what serves outside a rollout (the catalog's production variant)
     locate: Callable[[], Path] | None = field(default=None, compare=False)  # verified path, resolved at load time
 
 
@@ -76,6 +77,7 @@ class CatalogVariantSource:
     def variants(self, model: str) -> list[VariantSpec]:
         from sqlalchemy import select
 
+        from modelroll import production
         from modelroll.db import ArtifactRow, ModelRow, VariantRow
 
         with self._sessions() as session:
@@ -85,11 +87,14 @@ class CatalogVariantSource:
             rows = session.execute(
                 select(VariantRow.name, VariantRow.role, ArtifactRow.sha256, ArtifactRow.format)
                 .join(ArtifactRow, ArtifactRow.id == VariantRow.artifact_id)
-                .where(VariantRow.model_id == model_row.id)
+                .where(VariantRow.model_id == model_row.id, VariantRow.retired_at.is_(None))
             ).all()
+            serving = production.current_row(session, model_row.id)
+        serving_name = serving[1].name if serving is not None else None
         # The hash check reads the whole file: done only for the variants actually loaded.
         return [
-            VariantSpec(model=model, name=name, role=role, locate=partial(self._store.path_of, sha))
+            VariantSpec(model=model, name=name, role=role, locate=partial(self._store.path_of, sha),
+                        production=name == serving_name)
             for name, role, sha, fmt in rows if fmt == "onnx"
         ]
 
@@ -112,7 +117,11 @@ def load_runner(spec: VariantSpec, default_runner: str, threads: int) -> Runner:
 
 
 def baseline_of(specs: Sequence[VariantSpec]) -> VariantSpec | None:
-    """The variant that serves when no split is published: role baseline, preferring the name 'baseline'."""
+    """The variant that serves when no split is published: the production variant; for a source that records
+    none (static files), role baseline, preferring the name 'baseline'."""
+    serving = [s for s in specs if s.production]
+    if serving:
+        return serving[0]
     named = [s for s in specs if s.name == "baseline"]
     if named:
         return named[0]

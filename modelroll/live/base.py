@@ -23,7 +23,11 @@ from modelroll.errors import InvalidInput
 
 @dataclass(frozen=True, slots=True)
 class SplitConfig:
-    """Traffic split for one model: percentage per variant (sums to 100), optional shadow."""
+    """Traffic split for one model: percentage per variant (sums to 100), optional shadow.
+
+    `baseline` is the variant that answers when another fails: the model's production variant (a rollout
+    starts from it). Outside a rollout the split is that variant at 100 % with no `rollout_id`.
+    """
 
     model: str
     weights: Mapping[str, float]
@@ -31,6 +35,7 @@ class SplitConfig:
     rollout_id: int | None = None
     step: int | None = None
     version: int = 0  # assigned by the channel on publish
+    baseline: str | None = None
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -41,17 +46,24 @@ class SplitConfig:
         total = sum(self.weights.values())
         if abs(total - 100.0) > 1e-6:
             raise InvalidInput(f"weights of {self.model!r} must sum to 100, got {total}")
+        if self.baseline is not None and self.baseline not in self.weights:
+            raise InvalidInput(f"baseline {self.baseline!r} of {self.model!r} must be one of the split's variants "
+                               f"{sorted(self.weights)}")
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({
             "model": self.model, "weights": dict(self.weights), "shadow": self.shadow,
-            "rollout_id": self.rollout_id, "step": self.step, "version": self.version,
+            "rollout_id": self.rollout_id, "step": self.step, "baseline": self.baseline, "version": self.version,
         })
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> SplitConfig:
         data = orjson.loads(raw)
-        return cls(**data)
+        # Fields a newer publisher added are skipped, so a router mid-upgrade keeps following the split.
+        return cls(**{name: value for name, value in data.items() if name in _SPLIT_FIELDS})
+
+
+_SPLIT_FIELDS = frozenset(SplitConfig.__dataclass_fields__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +71,10 @@ class Sample:
     """One observation recorded by a router.
 
     kind "request": one variant answered (or failed) one request;
-    kind "memory":  a runner's memory gauge (`memory_bytes` = model cost, `memory_total_bytes` absolute);
+    kind "memory":  a runner's memory gauge (`memory_bytes` = model cost, `memory_total_bytes` absolute), from
+                    the runner of kind `runner`; only a reading with `memory_exact` is a measurement of the
+                    model's own cost: without it the runner cannot measure that (inline, remote) and the
+                    figures are 0 (so is a sample of a router older than the flag: its reading may be an estimate);
     kind "feedback": a label joined to a stored prediction (`correct`).
     Latencies are the runner's own time (`latency_ms`) and the whole request (`total_ms`).
     """
@@ -81,6 +96,8 @@ class Sample:
     memory_bytes: int = 0
     memory_total_bytes: int = 0
     correct: bool | None = None
+    runner: str = ""  # memory samples: inline | subprocess | http
+    memory_exact: bool = False
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({k: getattr(self, k) for k in _SAMPLE_FIELDS})

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 from alembic import command
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from controller.app import create_app
 from controller.auth import create_token
 from controller.reconcile import Reconciler
-from modelroll import migrate
+from modelroll import migrate, production
 from modelroll.db import (
     ArtifactRow,
     Base,
@@ -80,7 +80,17 @@ def seed(session_factory: sessionmaker[Session], model: str = "digits") -> None:
         base = VariantRow(model_id=m.id, name="fp32", role="baseline", artifact_id=a1.id)
         session.add(base)
         session.flush()
-        session.add(VariantRow(model_id=m.id, name="int8", role="candidate", artifact_id=a2.id, parent_id=base.id))
+        int8 = VariantRow(model_id=m.id, name="int8", role="candidate", artifact_id=a2.id, parent_id=base.id)
+        session.add(int8)
+        session.flush()
+        production.set_production(session, m, base, action=production.REGISTERED, actor="test", reason="seed")
+        # int8 passed its offline gates (a rollout of a candidate that did not needs force)
+        job = OptimizationJobRow(model_id=m.id, baseline_variant_id=base.id, request={}, status="succeeded",
+                                 progress=1.0)
+        session.add(job)
+        session.flush()
+        session.add(CandidateReportRow(job_id=job.id, name="int8", variant_id=int8.id, recipe={}, status="measured",
+                                       gates={"latency_p50": {"passed": True}}, passed=True, tries=[]))
 
 
 def make_world(pg_url: str, redis_url: str, redis_prefix: str, **overrides: Any) -> Iterator[World]:
@@ -134,7 +144,8 @@ def good_samples(rollout_id: int, step: int, n: int, ts: float, *, shadow: bool,
                 if variant == "fp32" and not baseline:
                     continue
                 out.append(Sample(kind="memory", model="digits", variant=variant, ts=t, rollout_id=rollout_id,
-                                  step=step, memory_bytes=int(rng.normal(mem, mem * 0.01))))
+                                  step=step, memory_bytes=int(rng.normal(mem, mem * 0.01)), runner="subprocess",
+                                  memory_exact=True))
     return out
 
 
@@ -154,11 +165,17 @@ def own_database(pg_admin_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_rollout(world: World, holder: str = "test-leader") -> int:
+def drop_reports(world: World) -> None:
+    """int8 as a variant registered by hand: no optimizer report (rolling it out needs force)."""
+    with world.session_factory() as session, session.begin():
+        session.execute(delete(CandidateReportRow))
+
+
+def start_rollout(world: World, holder: str = "test-leader", *, force: bool = False) -> int:
     """A started rollout (shadow, then 100 %) with 1500 shadow pairs evaluated: results, windows, events."""
     with world.client() as client:
         r = client.post("/v1/rollouts", headers=world.auth("operator"), json={
-            "model": "digits", "baseline": "fp32", "candidate": "int8",
+            "model": "digits", "baseline": "fp32", "candidate": "int8", "force": force,
             "steps": [{"weight_pct": 0, "shadow": True, "min_duration_s": 600, "min_samples": 100},
                       {"weight_pct": 100, "min_duration_s": 0, "min_samples": 100}]})
         assert r.status_code == 201, r.text

@@ -91,7 +91,7 @@ BAD_BODIES: list[tuple[object, str]] = [
     ({**BODY, "criteria": {"alpha": 0.9}}, "alpha"),
     ({**BODY, "on_deadline": "pray"}, "on_deadline"),
     ({**BODY, "colour": "red"}, "colour"),
-    ({"model": "digits"}, "baseline"),
+    ({"model": "digits"}, "candidate"),
     ({**BODY, "model": "Not A Name"}, "not a valid name"),
     ([1, 2], "body"),
 ]
@@ -102,6 +102,17 @@ def test_bad_rollout_bodies_are_400_with_a_message(client: TestClient, world: Wo
         r = client.post("/v1/rollouts", headers=world.auth("operator"), json=body)
         assert r.status_code == 400, (body, r.text)
         assert needle in r.json()["error"], (body, r.text)
+
+
+def test_unknown_memory_source_is_400_naming_the_accepted_values(client: TestClient, world: World) -> None:
+    r = client.post("/v1/rollouts", headers=world.auth("operator"),
+                    json={**BODY, "criteria": {"memory_source": "estimate"}})
+    assert r.status_code == 400, r.text
+    assert "criteria.memory_source" in r.json()["error"] and "'live' or 'offline'" in r.json()["error"]
+    r = client.post("/v1/rollouts", headers=world.auth("operator"),
+                    json={**BODY, "criteria": {"memory_source": "offline"}})
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["criteria"]["memory_source"] == "offline"
 
 
 def test_malformed_json_is_400(client: TestClient, world: World) -> None:
@@ -170,7 +181,8 @@ def test_models_and_variants(client: TestClient, world: World) -> None:
     v = world.auth("viewer")
     models = client.get("/v1/models", headers=v).json()["models"]
     assert models == [{"name": "digits", "description": "digits MLP", "created_at": models[0]["created_at"],
-                       "active_rollout": None, "variants": ["fp32", "int8"]}]
+                       "active_rollout": None, "production": "fp32", "production_revision": 1,
+                       "variants": ["fp32", "int8"]}]
     variants = client.get("/v1/models/digits/variants", headers=v).json()["variants"]
     assert [(x["name"], x["role"], x["parent"]) for x in variants] == [("fp32", "baseline", None),
                                                                         ("int8", "candidate", "fp32")]

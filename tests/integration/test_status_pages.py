@@ -10,9 +10,18 @@ import pytest
 from markupsafe import escape
 from sqlalchemy import update
 
+from controller.reconcile import Reconciler
 from modelroll.db import CandidateReportRow, RolloutRow
+from modelroll.live.base import Sample
 from optimizer.report import lines
-from tests.integration.controller_world import World, add_report, make_world, start_rollout
+from tests.integration.controller_world import (
+    World,
+    add_report,
+    drop_reports,
+    good_samples,
+    make_world,
+    start_rollout,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,7 +79,8 @@ def _report_rows(page: str) -> list[list[str]]:
 
 
 def test_rollout_page_shows_the_optimizer_report_line_for_line(world: World) -> None:
-    rid = start_rollout(world, "pages")
+    drop_reports(world)
+    rid = start_rollout(world, "pages", force=True)
     with world.client() as client:
         _login(client, world.tokens["viewer"])
         assert "registered by hand" in client.get(f"/rollouts/{rid}").text
@@ -122,3 +132,59 @@ def test_page_actions_refuse_bad_input(world: World) -> None:
         login = client.post("/login", data={"token": world.tokens["admin"], "next": "https://evil.example"},
                             follow_redirects=False)
         assert login.headers["location"] == "/"
+
+
+def _rollout_with_inline_memory(world: World, criteria: dict[str, object]) -> tuple[int, Reconciler]:
+    """A started rollout whose routers ran every variant inline: their memory samples carry no figure."""
+    with world.client() as client:
+        r = client.post("/v1/rollouts", headers=world.auth("operator"), json={
+            "model": "digits", "baseline": "fp32", "candidate": "int8", "criteria": criteria,
+            "steps": [{"weight_pct": 0, "shadow": True, "min_duration_s": 600, "min_samples": 100},
+                      {"weight_pct": 100, "min_duration_s": 0, "min_samples": 100}]})
+        assert r.status_code == 201, r.text
+        rid = int(r.json()["id"])
+    reconciler = world.reconciler("pages")
+    assert reconciler.elector.poll() is not None
+    reconciler.tick()
+    samples = [s for s in good_samples(rid, 0, 1500, world.clock.now.timestamp(), shadow=True) if s.kind != "memory"]
+    samples += [Sample(kind="memory", model="digits", variant=v, ts=world.clock.now.timestamp() + i, rollout_id=rid,
+                       step=0, runner="inline") for i in range(30) for v in ("fp32", "int8")]
+    world.channel.append_samples(samples)
+    reconciler.tick()
+    return rid, reconciler
+
+
+def _memory_card(page: str) -> str:
+    card = re.search(r'<article class="card" data-criterion="memory">(.*?)</article>', page, re.S)
+    assert card is not None, "the rollout page shows no memory card"
+    return html.unescape(card.group(1))
+
+
+def test_memory_from_inline_routers_shows_not_measurable_here_never_a_figure(world: World) -> None:
+    rid, _ = _rollout_with_inline_memory(world, {})
+    with world.client() as client:
+        _login(client, world.tokens["viewer"])
+        page = client.get(f"/rollouts/{rid}").text
+    card = _memory_card(page)
+    assert '<span class="badge source-unmeasurable">not measurable here</span>' in card
+    assert "not measurable here (inline runner): " in card and "MODELROLL_ROUTER_RUNNER=subprocess" in card
+    assert "UNDECIDED" in card.upper() and "<svg" not in card  # no interval drawn for what was not measured
+    assert "baseline - · candidate -" in card
+    assert "Runner memory per variant (exact readings): not measurable here (inline runner)" in html.unescape(page)
+
+
+def test_memory_gated_offline_is_labelled_offline(world: World) -> None:
+    rid, reconciler = _rollout_with_inline_memory(world, {"memory_source": "offline"})
+    with world.session_factory() as s:
+        memory = next(r for r in s.get(RolloutRow, rid).evaluation["results"]  # type: ignore[union-attr]
+                      if r["criterion"] == "memory")
+    assert memory["source"] == "unmeasurable" and "no optimizer report" in memory["message"]  # no figures yet
+    add_report(world)  # the optimizer measured both: 80 MiB and 20 MiB at batch 1
+    reconciler.tick()
+    with world.client() as client:
+        _login(client, world.tokens["viewer"])
+        card = _memory_card(client.get(f"/rollouts/{rid}").text)
+    assert '<span class="badge source-offline">offline</span>' in card
+    assert "candidate memory is 0.25× baseline offline (20.0 MiB vs 80.0 MiB, the optimizer's figures)" in card
+    assert "baseline 80.0 MiB (offline) · candidate 20.0 MiB (offline)" in card
+    assert "the optimizer's figures (offline), no live readings" in card and "figure 0.25×, needs ≤ 0.40×" in card

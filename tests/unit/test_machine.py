@@ -13,6 +13,7 @@ from controller.machine import (
     Evaluation,
     Notify,
     PublishSplit,
+    SetProduction,
     RecordEvent,
     RolloutState,
     Transition,
@@ -62,7 +63,7 @@ def splits(t: Transition) -> list[PublishSplit]:
 def test_pending_starts_at_the_first_step_and_publishes_a_shadow_split() -> None:
     t = step(RolloutState(rollout_id=7, spec=SPEC), T0)
     assert t.state.phase is Phase.SHADOW and t.state.step_index == 0 and t.state.seq == 1
-    assert splits(t) == [PublishSplit({"fp32": 100.0, "int8": 0.0}, "int8", 0)]
+    assert splits(t) == [PublishSplit({"fp32": 100.0, "int8": 0.0}, "int8", 0, "fp32")]
     assert t.events[0].kind == "started" and t.events[0].seq == 1
 
 
@@ -70,7 +71,7 @@ def test_pending_without_shadow_step_starts_progressing() -> None:
     spec = RolloutSpec(model="digits", baseline="fp32", candidate="int8", steps=(Step(5), Step(100)))
     t = step(RolloutState(rollout_id=1, spec=spec), T0)
     assert t.state.phase is Phase.PROGRESSING
-    assert splits(t) == [PublishSplit({"fp32": 95.0, "int8": 5.0}, None, 0)]
+    assert splits(t) == [PublishSplit({"fp32": 95.0, "int8": 5.0}, None, 0, "fp32")]
 
 
 def test_advance_needs_pass_and_min_duration_and_min_samples() -> None:
@@ -80,7 +81,7 @@ def test_advance_needs_pass_and_min_duration_and_min_samples() -> None:
     assert not step(s, at(20), ev(Verdict.UNDECIDED)).changed  # undecided
     t = step(s, at(20), ev(Verdict.PASS))
     assert t.state.phase is Phase.PROGRESSING and t.state.step_index == 1 and t.state.step_started_at == at(20)
-    assert splits(t) == [PublishSplit({"fp32": 90.0, "int8": 10.0}, None, 1)]
+    assert splits(t) == [PublishSplit({"fp32": 90.0, "int8": 10.0}, None, 1, "fp32")]
     assert t.events[0].kind == "advanced" and "step 2 of 3" in t.events[0].reason
     assert t.events[0].evidence["results"][0]["verdict"] == "pass"
     assert any(isinstance(a, Notify) for a in t.actions)
@@ -91,7 +92,9 @@ def test_last_step_passing_promotes_to_candidate_only() -> None:
     assert s.step_index == 2
     t = step(s, at(55), ev(Verdict.PASS))
     assert t.state.phase is Phase.PROMOTED
-    assert splits(t) == [PublishSplit({"int8": 100.0}, None, 2)]
+    assert splits(t) == [PublishSplit({"int8": 100.0}, None, 2, "int8", final=True)]
+    assert [a for a in t.actions if isinstance(a, SetProduction)] == [
+        SetProduction(variant="int8", actor="controller", reason=t.state.reason)]
     assert not step(t.state, at(100), ev(Verdict.FAIL)).changed  # terminal: nothing moves
 
 
@@ -103,7 +106,7 @@ def test_a_failing_criterion_rolls_back_at_once_even_when_paused(
         s = step(s, at(21), command=cmd(c[0], weight_pct=c[1])).state
     t = step(s, at(22), ev(Verdict.FAIL))
     assert t.state.phase is Phase.ROLLED_BACK
-    assert splits(t) == [PublishSplit({"fp32": 100.0}, None, 1)]
+    assert splits(t) == [PublishSplit({"fp32": 100.0}, None, 1, "fp32", final=True)]
     assert "latency_p95" in t.events[0].reason and t.events[0].evidence["verdict"] == "fail"
 
 
@@ -139,9 +142,9 @@ def test_set_weight_holds_until_resume_which_restores_the_step_weight() -> None:
     s = step(started(), at(20), ev(Verdict.PASS)).state
     w = step(s, at(21), command=cmd("set_weight", weight_pct=40))
     assert w.state.phase is Phase.PAUSED and w.state.hold == "manual"
-    assert splits(w) == [PublishSplit({"fp32": 60.0, "int8": 40.0}, None, 1)]
+    assert splits(w) == [PublishSplit({"fp32": 60.0, "int8": 40.0}, None, 1, "fp32")]
     r = step(w.state, at(30), command=cmd("resume"))
-    assert splits(r) == [PublishSplit({"fp32": 90.0, "int8": 10.0}, None, 1)]
+    assert splits(r) == [PublishSplit({"fp32": 90.0, "int8": 10.0}, None, 1, "fp32")]
 
 
 def test_promote_now_needs_admin_and_is_an_override() -> None:
@@ -153,9 +156,26 @@ def test_promote_now_needs_admin_and_is_an_override() -> None:
     assert t.events[0].evidence == {"override": True} and "alice" in t.events[0].reason
 
 
+def test_only_a_promotion_changes_what_serves_and_the_override_records_its_actor() -> None:
+    promoted = step(started(), at(1), command=cmd("promote", role="admin", reason="hotfix"))
+    assert [a for a in promoted.actions if isinstance(a, SetProduction)] == [
+        SetProduction(variant="int8", actor="alice", reason=promoted.state.reason)]
+    assert promoted.state.serving == "int8"
+    for ended in (step(started(), at(1), command=cmd("abort")), step(started(), at(22), ev(Verdict.FAIL))):
+        assert not [a for a in ended.actions if isinstance(a, SetProduction)]
+        assert ended.state.serving == "fp32" and splits(ended)[0].final
+
+
+def test_a_rollback_names_a_weight_set_by_hand_not_the_steps_plan() -> None:
+    held = step(started(), at(1), command=cmd("set_weight", weight_pct=10))  # still at the shadow step
+    t = step(held.state, at(2), ev(Verdict.FAIL))
+    assert t.state.phase is Phase.ROLLED_BACK
+    assert "candidate held at 10 % by hand" in t.state.reason
+
+
 def test_abort_returns_all_traffic_to_the_baseline() -> None:
     t = step(step(started(), at(20), ev(Verdict.PASS)).state, at(21), command=cmd("abort"))
-    assert t.state.phase is Phase.ABORTED and splits(t) == [PublishSplit({"fp32": 100.0}, None, 1)]
+    assert t.state.phase is Phase.ABORTED and splits(t) == [PublishSplit({"fp32": 100.0}, None, 1, "fp32", final=True)]
 
 
 def test_pending_rollout_can_be_paused_aborted_or_promoted_without_being_started() -> None:
