@@ -66,6 +66,18 @@ class Verdict(enum.StrEnum):
     UNDECIDED = "undecided"
 
 
+class MemorySource(enum.StrEnum):
+    """What the memory criterion decides on.
+
+    live: the routers' exact per-variant readings (a runner that cannot measure its model's own memory
+    leaves the criterion undecided); offline: the optimizer's figure for each variant, measured in a fresh
+    process, for routers whose runner cannot measure (inline, remote).
+    """
+
+    LIVE = "live"
+    OFFLINE = "offline"
+
+
 class DeadlinePolicy(enum.StrEnum):
     """What to do when a step's max duration passes with a criterion still undecided."""
 
@@ -106,8 +118,15 @@ class Criteria:
     error_rate_tolerance: float = 0.01
     alpha: float = 0.05
     min_samples: int = 200
+    memory_source: MemorySource = MemorySource.LIVE
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "memory_source", MemorySource(self.memory_source))
+        except ValueError:
+            raise InvalidInput(f"memory_source must be one of {[m.value for m in MemorySource]}, got "
+                               f"{self.memory_source!r}: 'live' gates memory on the routers' exact readings, "
+                               "'offline' on the optimizer's figure") from None
         _check_fraction("latency_reduction_min", self.latency_reduction_min, high_open=True)
         _check_fraction("memory_reduction_min", self.memory_reduction_min, high_open=True)
         _check_fraction("accuracy_drop_max", self.accuracy_drop_max)
@@ -271,7 +290,9 @@ def criteria_from_dict(data: Any) -> Criteria:
 
 
 def criteria_to_dict(criteria: Criteria) -> dict[str, Any]:
-    return {name: getattr(criteria, name) for name in Criteria.__dataclass_fields__}
+    out = {name: getattr(criteria, name) for name in Criteria.__dataclass_fields__}
+    out["memory_source"] = criteria.memory_source.value
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,3 +311,6 @@ class CriterionResult:
     candidate_n: int
     method: str
     message: str
+    # What the figures are: "live" (the routers' measurements), "offline" (the optimizer's figures), or
+    # "unmeasurable" (nothing this criterion may decide on: the message says why and what to do).
+    source: str = "live"

@@ -74,11 +74,22 @@ def test_bad_usage_and_errors_have_exit_codes(world: World, url: str) -> None:
     assert r.exit_code == 2 and "'lots' is not a percentage" in r.output
     r = run(world, url, "rollout", "create", "--model", "digits", "--baseline", "fp32", "--candidate", "int9")
     assert r.exit_code == 1 and "'int9' is not a variant" in r.output
+    r = run(world, url, "rollout", "create", "--model", "digits", "--baseline", "fp32", "--candidate", "int8",
+            "--memory-gate", "estimate")
+    assert r.exit_code == 2 and "--memory-gate 'estimate' is not one of ['live', 'offline']" in r.output
     r = run(world, url, "rollout", "status", "42")
     assert r.exit_code == 1 and "rollout 42 does not exist" in r.output
     r = CliRunner().invoke(cli_app, ["rollout", "list", "--url", "http://127.0.0.1:9"],
                            env={"MODELROLL_TOKEN": "x"})
     assert r.exit_code == 1 and "cannot reach the controller" in r.output
+
+
+def test_memory_gate_offline_is_stored_in_the_rollouts_criteria(world: World, url: str) -> None:
+    r = run(world, url, "rollout", "create", "--model", "digits", "--baseline", "fp32", "--candidate", "int8",
+            "--criteria", '{"alpha": 0.01}', "--memory-gate", "offline", "--json")
+    assert r.exit_code == 0, r.output
+    criteria = json.loads(r.output)["spec"]["criteria"]
+    assert criteria["memory_source"] == "offline" and criteria["alpha"] == 0.01
 
 
 def test_tokens_create_prints_the_secret_once_and_stores_its_hash(world: World, url: str) -> None:

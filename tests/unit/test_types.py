@@ -10,6 +10,7 @@ from modelroll.errors import InvalidInput
 from modelroll.types import (
     DEFAULT_STEPS,
     Criteria,
+    MemorySource,
     Phase,
     Role,
     RolloutSpec,
@@ -88,6 +89,20 @@ def test_empty_steps_and_same_variants_are_refused() -> None:
         RolloutSpec("digits", "base", "int8", steps=())
     with pytest.raises(InvalidInput, match="must differ"):
         RolloutSpec("digits", "base", "base")
+
+
+def test_memory_source_is_live_by_default_offline_on_request_and_nothing_else() -> None:
+    assert Criteria().memory_source is MemorySource.LIVE
+    assert Criteria(memory_source="offline").memory_source is MemorySource.OFFLINE  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput) as err:
+        Criteria(memory_source="estimate")  # type: ignore[arg-type]
+    assert "memory_source must be one of ['live', 'offline'], got 'estimate'" in err.value.message
+    spec = RolloutSpec("digits", "base", "int8", criteria=Criteria(memory_source=MemorySource.OFFLINE))
+    assert spec.to_dict()["criteria"]["memory_source"] == "offline"
+    assert RolloutSpec.from_dict(spec.to_dict()) == spec
+    old = spec.to_dict()  # a spec stored before the field existed reads as live
+    del old["criteria"]["memory_source"]
+    assert RolloutSpec.from_dict(old).criteria.memory_source is MemorySource.LIVE
 
 
 def test_spec_round_trips_through_dict() -> None:
