@@ -1,11 +1,15 @@
 """Samples → per-window rows → Observations: a pure fold plus the few queries that store and load windows.
 
 A window holds one variant of one rollout step over `window_s` seconds; its `data` keeps the raw latencies,
-memory readings and labels by request id, so every decision can be replayed from the windows alone.
+memory readings and labels by request id, so every decision can be replayed from the windows alone. Memory:
+exact readings under `memory_exact_bytes`, and per runner kind the readings of runners that cannot measure
+(`memory_unmeasured`); the `memory_bytes` of rows written before that distinction is read by nothing, since
+it may hold estimates.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +65,7 @@ class Window:
     memory_bytes: list[float] = field(default_factory=list)
     labels: dict[str, bool] = field(default_factory=dict)
     total_sum_ms: float = 0.0
+    memory_unmeasured: dict[str, int] = field(default_factory=dict)
 
     def add(self, sample: Sample) -> None:
         if sample.kind == "request":
@@ -74,8 +79,11 @@ class Window:
             else:
                 self.errors += 1
         elif sample.kind == "memory":
-            self.memory_bytes.append(float(sample.memory_bytes))
-            self.memory_bytes_max = max(self.memory_bytes_max, int(sample.memory_bytes))
+            if sample.memory_exact:
+                self.memory_bytes.append(float(sample.memory_bytes))
+                self.memory_bytes_max = max(self.memory_bytes_max, int(sample.memory_bytes))
+            else:
+                self.memory_unmeasured[sample.runner] = self.memory_unmeasured.get(sample.runner, 0) + 1
         elif sample.kind == "feedback" and sample.correct is not None:
             self.labelled += 1
             self.correct += int(bool(sample.correct))
@@ -93,10 +101,15 @@ class Window:
         row.memory_bytes_max = max(row.memory_bytes_max or 0, self.memory_bytes_max)
         data = dict(row.data or {})
         data["latency_ms"] = [*data.get("latency_ms", []), *self.latency_ms]
-        data["memory_bytes"] = [*data.get("memory_bytes", []), *self.memory_bytes]
+        data["memory_exact_bytes"] = [*data.get("memory_exact_bytes", []), *self.memory_bytes]
+        data["memory_unmeasured"] = _add_counts(data.get("memory_unmeasured", {}), self.memory_unmeasured)
         data["labels"] = {**data.get("labels", {}), **self.labels}
         data["total_sum_ms"] = float(data.get("total_sum_ms", 0.0)) + self.total_sum_ms
         row.data = data  # a new dict, so the ORM sees the change
+
+
+def _add_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {key: int(a.get(key, 0)) + int(b.get(key, 0)) for key in {*a, *b}}
 
 
 def id_key(sample_id: str) -> tuple[int, int]:
@@ -133,10 +146,12 @@ def observations(windows: Sequence[SampleWindowRow], baseline: str, candidate: s
         return ArmObservations(
             latency_ms=np.asarray([x for w in mine for x in (w.data or {}).get("latency_ms", [])], dtype=np.float64),
             requests=sum(w.requests for w in mine), errors=sum(w.errors for w in mine),
-            memory_bytes=np.asarray([x for w in mine for x in (w.data or {}).get("memory_bytes", [])],
+            memory_bytes=np.asarray([x for w in mine for x in (w.data or {}).get("memory_exact_bytes", [])],
                                     dtype=np.float64),
             labelled=sum(w.labelled for w in mine), correct=sum(w.correct for w in mine),
             offline_memory_bytes=offline,
+            memory_unmeasured=functools.reduce(_add_counts, ((w.data or {}).get("memory_unmeasured", {})
+                                                             for w in mine), {}),
         )
 
     def labels(variant: str) -> dict[str, bool]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,10 +15,12 @@ class ArmObservations:
     latency_ms: np.ndarray  # float64, runner latency of each successful non-shadow-or-shadow request, arrival order
     requests: int  # requests this arm answered or failed (includes shadow calls for the candidate)
     errors: int  # of which failed (status error/timeout)
-    memory_bytes: np.ndarray  # float64, runner memory gauge readings (model cost), in time order
+    memory_bytes: np.ndarray  # float64, exact runner memory readings (model cost), in time order
     labelled: int  # predictions of this arm that got a label
     correct: int  # of which correct
-    offline_memory_bytes: int | None = None  # the optimizer's offline figure, shown beside
+    offline_memory_bytes: int | None = None  # the optimizer's offline figure: shown beside, or gated on
+    # runner kind -> memory samples from runners that cannot measure the model's own memory (no figure)
+    memory_unmeasured: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

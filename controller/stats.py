@@ -1,7 +1,8 @@
 """Per-criterion verdicts (pass / fail / undecided) from anytime-valid confidence sequences, valid at every look.
 
 Latency p50/p95 and memory: quantile CS per arm (Howard & Ramdas, Bernoulli 2022) turned into a ratio
-interval. Accuracy (paired or unpaired) and errors: betting CS for bounded means (Waudby-Smith & Ramdas,
+interval, memory from exact readings only (controller/memory_gate.py: runners that cannot measure, offline
+gating). Accuracy (paired or unpaired) and errors: betting CS for bounded means (Waudby-Smith & Ramdas,
 JRSS-B 2024). The overall alpha is split equally (Bonferroni) over the five criteria; see docs/statistics.md.
 """
 
@@ -12,10 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from controller import memory_gate
 from controller.confseq import Interval, bounded_mean_bounds, quantile_intervals
 from controller.observations import ArmObservations, Observations
 from modelroll.errors import InvalidInput
-from modelroll.types import Criteria, CriterionResult, Verdict
+from modelroll.types import Criteria, CriterionResult, MemorySource, Verdict
 
 CRITERIA = ("latency_p50", "latency_p95", "memory", "accuracy", "errors")
 MEMORY_MIN_READINGS = 10  # gauge readings per arm before a memory verdict; also where its boundary is tightest
@@ -182,14 +184,20 @@ def _offline_note(base: ArmObservations, cand: ArmObservations) -> str:
 
 
 def _memory(criteria: Criteria, obs: Observations, alpha: float) -> CriterionResult:
+    if criteria.memory_source is MemorySource.OFFLINE:
+        return memory_gate.offline(criteria, obs)
     limit = criteria.memory_ratio_max
-    method = f"median confidence sequence ratio of memory gauges (Howard & Ramdas 2022), alpha {alpha:.4g}"
-    requests = (obs.baseline.requests, obs.candidate.requests)
-    if min(requests) < criteria.min_samples:
-        return _not_enough("memory", limit, method, requests, criteria.min_samples)
+    method = f"median confidence sequence ratio of exact memory readings (Howard & Ramdas 2022), alpha {alpha:.4g}"
     base, _ = _clean(obs.baseline.memory_bytes)
     cand, _ = _clean(obs.candidate.memory_bytes)
     readings = (int(base.size), int(cand.size))
+    unmeasured = memory_gate.unmeasured(obs)
+    # Said as soon as a runner reports it cannot measure: waiting for samples would never make it measurable.
+    if unmeasured and min(readings) < MEMORY_MIN_READINGS:
+        return memory_gate.not_measurable(limit, method, readings, sorted(unmeasured))
+    requests = (obs.baseline.requests, obs.candidate.requests)
+    if min(requests) < criteria.min_samples:
+        return _not_enough("memory", limit, method, requests, criteria.min_samples)
     if min(readings) < MEMORY_MIN_READINGS:
         return _not_enough("memory", limit, method, readings, MEMORY_MIN_READINGS, "memory readings")
     (b,) = quantile_intervals(base, (0.5,), alpha / 4.0, MEMORY_MIN_READINGS)
@@ -197,11 +205,12 @@ def _memory(criteria: Criteria, obs: Observations, alpha: float) -> CriterionRes
     low, estimate, high = _ratio(b, c)
     verdict = _upper_limit_verdict(low, high, limit)
     offline_note = _offline_note(obs.baseline, obs.candidate)
+    ignored = memory_gate.ignored_note(unmeasured)
     return CriterionResult(
         criterion="memory", verdict=verdict, estimate=_finite(estimate), ci_low=_finite(low), ci_high=_finite(high),
         threshold=limit, baseline_value=b.estimate, candidate_value=c.estimate,
         baseline_n=readings[0], candidate_n=readings[1], method=method,
-        message=(f"candidate memory is {_num(estimate)}× baseline [{_num(low)}, {_num(high)}]{offline_note}, "
+        message=(f"candidate memory is {_num(estimate)}× baseline [{_num(low)}, {_num(high)}]{offline_note}{ignored}, "
                  f"needs ≤ {limit:.2f}×: {_word(verdict)}"),
     )
 

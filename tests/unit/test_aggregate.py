@@ -49,8 +49,10 @@ def test_fold_groups_by_rollout_variant_step_and_window() -> None:
 
 def test_observations_are_cumulative_in_time_order_with_memory_and_labels() -> None:
     samples = [req("fp32", 120.0, 9.0), req("fp32", 100.0, 8.0), req("int8", 100.0, 3.0),
-               Sample(kind="memory", model="digits", variant="int8", ts=101.0, rollout_id=4, memory_bytes=1000),
-               Sample(kind="memory", model="digits", variant="int8", ts=121.0, rollout_id=4, memory_bytes=1200),
+               Sample(kind="memory", model="digits", variant="int8", ts=101.0, rollout_id=4, memory_bytes=1000,
+                      runner="subprocess", memory_exact=True),
+               Sample(kind="memory", model="digits", variant="int8", ts=121.0, rollout_id=4, memory_bytes=1200,
+                      runner="subprocess", memory_exact=True),
                Sample(kind="feedback", model="digits", variant="fp32", ts=102.0, rollout_id=4, request_id="r1",
                       correct=True),
                Sample(kind="feedback", model="digits", variant="int8", ts=102.0, rollout_id=4, request_id="r1",
@@ -66,6 +68,41 @@ def test_observations_are_cumulative_in_time_order_with_memory_and_labels() -> N
     assert obs.looks == 3 and obs.candidate.offline_memory_bytes == 900 and obs.baseline.offline_memory_bytes is None
 
 
+def mem(variant: str, ts: float, memory_bytes: int = 0, runner: str = "subprocess", exact: bool = True) -> Sample:
+    return Sample(kind="memory", model="digits", variant=variant, ts=ts, rollout_id=4, memory_bytes=memory_bytes,
+                  runner=runner, memory_exact=exact)
+
+
+def test_only_exact_memory_readings_are_figures_the_others_are_counted_per_runner() -> None:
+    samples = [mem("fp32", 100.0, 5000), mem("fp32", 101.0, runner="inline", exact=False),
+               mem("fp32", 111.0, runner="inline", exact=False), mem("int8", 100.0, runner="http", exact=False),
+               mem("int8", 101.0, 777, runner="inline", exact=False),  # a figure without `exact` is no figure
+               Sample(kind="memory", model="digits", variant="int8", ts=102.0, rollout_id=4, memory_bytes=900)]
+    windows, _ = fold(samples, ROUTES, BY_MODEL)
+    stored = rows(windows)
+    assert max(r.memory_bytes_max for r in stored if r.variant == "int8") == 0
+    obs = observations(stored, "fp32", "int8")
+    np.testing.assert_array_equal(obs.baseline.memory_bytes, [5000.0])
+    assert obs.candidate.memory_bytes.size == 0
+    assert dict(obs.baseline.memory_unmeasured) == {"inline": 2}
+    assert dict(obs.candidate.memory_unmeasured) == {"http": 1, "inline": 1, "": 1}  # "": a router older than the flag
+
+
+def test_window_rows_written_before_exact_readings_stay_readable_and_decide_nothing() -> None:
+    # Rows of the version whose `memory_bytes` mixed estimates (inline) with measurements: read, never a figure.
+    old = SampleWindowRow(id=1, rollout_id=4, variant="int8", step_index=1, window_start=datetime.fromtimestamp(0, UTC),
+                          window_end=datetime.fromtimestamp(10, UTC), requests=3, errors=0, labelled=0, correct=0,
+                          memory_bytes_max=600, data={"latency_ms": [1.0, 2.0, 3.0], "memory_bytes": [600.0],
+                                                      "labels": {}, "total_sum_ms": 9.0})
+    w = Window()
+    w.add(mem("int8", 1.0, 400))
+    w.merge_into(old)
+    obs = observations([old], "fp32", "int8")
+    np.testing.assert_array_equal(obs.candidate.memory_bytes, [400.0])
+    assert obs.candidate.requests == 3 and obs.candidate.latency_ms.size == 3
+    assert old.data["memory_bytes"] == [600.0] and old.data["memory_unmeasured"] == {}
+
+
 def test_merging_a_window_twice_adds_up() -> None:
     row = SampleWindowRow(rollout_id=4, variant="fp32", step_index=1, window_start=datetime.now(UTC),
                           window_end=datetime.now(UTC), data={})
@@ -73,8 +110,10 @@ def test_merging_a_window_twice_adds_up() -> None:
         w = Window()
         w.add(req("fp32", 1.0, 4.0))
         w.add(req("fp32", 1.0, 0.0, status="timeout"))
+        w.add(mem("fp32", 1.0, runner="inline", exact=False))
         w.merge_into(row)
     assert (row.requests, row.errors, row.data["latency_ms"]) == (4, 2, [4.0, 4.0])
+    assert row.data["memory_unmeasured"] == {"inline": 2}
 
 
 def test_pair_counts_each_outcome() -> None:

@@ -22,12 +22,12 @@ LEVELS = np.array([0.0, 0.5, 1.0])
 
 def arm(latency_ms: np.ndarray | None = None, *, requests: int | None = None, errors: int = 0,
         memory: np.ndarray | None = None, labelled: int = 0, correct: int = 0,
-        offline: int | None = None) -> ArmObservations:
+        offline: int | None = None, unmeasured: dict[str, int] | None = None) -> ArmObservations:
     latency = np.asarray(latency_ms if latency_ms is not None else [], dtype=np.float64)
     return ArmObservations(
         latency_ms=latency, requests=requests if requests is not None else latency.size, errors=errors,
         memory_bytes=np.asarray(memory if memory is not None else [], dtype=np.float64),
-        labelled=labelled, correct=correct, offline_memory_bytes=offline,
+        labelled=labelled, correct=correct, offline_memory_bytes=offline, memory_unmeasured=unmeasured or {},
     )
 
 
@@ -241,6 +241,90 @@ def test_memory_needs_gauge_readings_and_shows_the_offline_figure() -> None:
     candidate_only = Observations(arm(obs.baseline.latency_ms, memory=obs.baseline.memory_bytes), obs.candidate,
                                   obs.paired)
     assert "(offline candidate 300 MB)" in by_name(evaluate(Criteria(), candidate_only))["memory"].message
+
+
+def _with_memory(obs: Observations, base: np.ndarray | None, cand: np.ndarray | None,
+                 unmeasured: tuple[dict[str, int], dict[str, int]] = ({}, {}),
+                 offline: tuple[int | None, int | None] | None = None) -> Observations:
+    """`obs` with other memory readings (exact ones, and counts of runners that could not measure)."""
+    b, c = obs.baseline, obs.candidate
+    off = offline if offline is not None else (b.offline_memory_bytes, c.offline_memory_bytes)
+    return Observations(
+        arm(b.latency_ms, errors=b.errors, memory=base, labelled=b.labelled, correct=b.correct, offline=off[0],
+            unmeasured=unmeasured[0]),
+        arm(c.latency_ms, errors=c.errors, memory=cand, labelled=c.labelled, correct=c.correct, offline=off[1],
+            unmeasured=unmeasured[1]),
+        obs.paired)
+
+
+@pytest.mark.parametrize("runner", ["inline", "http"])
+def test_memory_of_a_runner_that_cannot_measure_holds_not_measurable_here(runner: str) -> None:
+    # A clearly good candidate on every other criterion, with the offline figure (0.30×) beside: live gating
+    # never decides on it, nor on anything the runner could only estimate.
+    obs = _with_memory(healthy_pair(), None, None, ({runner: 40}, {runner: 40}))
+    results = by_name(evaluate(Criteria(), obs))
+    memory = results["memory"]
+    assert memory.verdict is Verdict.UNDECIDED and memory.source == "unmeasurable"
+    assert memory.message.startswith(f"not measurable here ({runner} runner): ")
+    assert "MODELROLL_ROUTER_RUNNER=subprocess" in memory.message and "--memory-gate offline" in memory.message
+    assert memory.estimate is memory.ci_low is memory.ci_high is memory.baseline_value is None
+    assert overall(list(results.values())) is Verdict.UNDECIDED  # it holds the rollout
+    assert all(r.verdict is Verdict.PASS for name, r in results.items() if name != "memory")
+
+
+def test_not_measurable_is_said_at_once_and_names_each_runner_that_cannot() -> None:
+    obs = healthy_pair(n=20)  # far fewer requests than min_samples: the reason still shows, waiting cannot help
+    mixed = _with_memory(obs, obs.baseline.memory_bytes, None, ({}, {"http": 3, "inline": 2}))
+    memory = by_name(evaluate(Criteria(), mixed))["memory"]
+    assert memory.verdict is Verdict.UNDECIDED
+    assert memory.message.startswith("not measurable here (http runner, inline runner): ")
+    assert (memory.baseline_n, memory.candidate_n) == (60, 0)
+
+
+def test_exact_readings_decide_beside_runners_that_cannot_measure_and_say_what_was_ignored() -> None:
+    obs = healthy_pair()
+    mixed = _with_memory(obs, obs.baseline.memory_bytes, obs.candidate.memory_bytes, ({"inline": 7}, {}))
+    memory = by_name(evaluate(Criteria(), mixed))["memory"]
+    assert memory.verdict is Verdict.PASS and memory.source == "live"
+    assert "(7 readings from the inline runner ignored: not measurable there), needs ≤ 0.40×: passes" in memory.message
+
+
+@pytest.mark.parametrize(("ratio", "verdict", "word"), [(0.3, Verdict.PASS, "passes"), (0.6, Verdict.FAIL, "fails")])
+def test_memory_gated_offline_decides_on_the_optimizers_ratio_and_says_offline(ratio: float, verdict: Verdict,
+                                                                              word: str) -> None:
+    # No exact reading at all (inline routers), and fewer requests than min_samples: the offline figure decides.
+    obs = _with_memory(healthy_pair(n=20, memory_ratio=ratio), None, None, ({"inline": 9}, {"inline": 9}))
+    memory = by_name(evaluate(Criteria(memory_source="offline"), obs))["memory"]  # type: ignore[arg-type]
+    assert memory.verdict is verdict and memory.source == "offline"
+    assert memory.estimate == pytest.approx(ratio)
+    assert (memory.baseline_value, memory.candidate_value) == (1e9, int(ratio * 10**9))
+    assert re.fullmatch(rf"candidate memory is {ratio:.2f}× baseline offline \(\d+\.\d MiB vs 953\.7 MiB, the "
+                        rf"optimizer's figures\), needs ≤ 0\.40×: {word}", memory.message), memory.message
+    assert memory.method.startswith("offline: ")
+
+
+@pytest.mark.parametrize("offline", [(None, None), (10**9, None), (None, 3 * 10**8), (0, 3 * 10**8)])
+def test_memory_gated_offline_without_both_figures_is_not_measurable(offline: tuple[int | None, int | None]) -> None:
+    obs = _with_memory(healthy_pair(), healthy_pair().baseline.memory_bytes, healthy_pair().candidate.memory_bytes,
+                       offline=offline)
+    memory = by_name(evaluate(Criteria(memory_source="offline"), obs))["memory"]  # type: ignore[arg-type]
+    assert memory.verdict is Verdict.UNDECIDED and memory.source == "unmeasurable"  # exact live readings don't decide
+    assert memory.message.startswith("not measurable here (offline): memory is gated on the optimizer's offline figure")
+    assert "modelroll optimize" in memory.message
+
+
+@given(obs=st.builds(lambda *a: _random_obs(*a), st.integers(0, 3000), st.integers(0, 3000), st.floats(0.05, 3.0),
+                     st.integers(0, 2**32 - 1), st.floats(0, 0.3), st.floats(0, 0.3), st.floats(0.5, 1.0),
+                     st.booleans()),
+       keep=st.integers(0, MEMORY_MIN_READINGS - 1), runner=st.sampled_from(["inline", "http", ""]),
+       min_samples=st.sampled_from([1, 50, 200]))
+@settings(max_examples=60, deadline=None)
+def test_no_live_memory_verdict_without_enough_exact_readings_when_a_runner_cannot_measure(
+        obs: Observations, keep: int, runner: str, min_samples: int) -> None:
+    # Whatever else was seen, fewer exact readings than a verdict needs beside a runner's "cannot" never decide.
+    thin = _with_memory(obs, obs.baseline.memory_bytes, obs.candidate.memory_bytes[:keep], ({}, {runner: 1}))
+    memory = by_name(evaluate(Criteria(min_samples=min_samples), thin))["memory"]
+    assert memory.verdict is Verdict.UNDECIDED and memory.source == "unmeasurable", memory
 
 
 def test_alpha_is_split_equally_over_the_five_criteria() -> None:
