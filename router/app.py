@@ -93,19 +93,23 @@ class RouterApp:
         self.recorder.add(sample)
 
     def _memory_samples(self) -> list[Any]:
+        """A reading per loaded variant; a runner that cannot measure its model's own memory sends a sample that
+        says so (no figure), so that the controller shows why memory is undecided instead of waiting for readings."""
         out = []
         now = time.time()
         for loaded in self.table.runners():
-            measured = loaded.runner.memory()
-            if measured is None:
-                continue
-            model_bytes, total_bytes = measured
+            runner = loaded.runner
+            measured = runner.memory() if runner.measures_memory else None
+            if measured is None and runner.measures_memory:
+                continue  # no reading now (a child being restarted): the next probe has one
             routes = self.table.routes.get(loaded.model)
-            self.metrics.memory.labels(loaded.model, loaded.name).set(model_bytes)
+            model_bytes, total_bytes = measured or (0, 0)
+            if measured is not None:
+                self.metrics.memory.labels(loaded.model, loaded.name).set(model_bytes)
             out.append(Sample(kind="memory", model=loaded.model, variant=loaded.name, ts=now,
                               rollout_id=routes.rollout_id if routes else None,
-                              step=routes.step if routes else None,
-                              memory_bytes=model_bytes, memory_total_bytes=total_bytes))
+                              step=routes.step if routes else None, memory_bytes=model_bytes,
+                              memory_total_bytes=total_bytes, runner=runner.kind, memory_exact=measured is not None))
         self.metrics.sync_unsent(self.recorder.unsent)
         self.metrics.live_degraded.set(1 if self.degraded else 0)
         return out

@@ -57,7 +57,8 @@ class RouterMetrics:
                              ["model", "variant"], registry=r, multiprocess_mode="livemax")
         self.ejected = Gauge("modelroll_variant_ejected", "1 while the circuit breaker keeps the variant out.",
                              ["model", "variant"], registry=r, multiprocess_mode="livemax")
-        self.memory = Gauge("modelroll_runner_memory_bytes", "Resident memory the variant's model costs.",
+        self.memory = Gauge("modelroll_runner_memory_bytes", "Resident memory the variant's model costs, where "
+                            "its runner measures it exactly (subprocess; not inline or remote).",
                             ["model", "variant"], registry=r, multiprocess_mode="livesum")
         self.live_degraded = Gauge("modelroll_live_channel_degraded", "1 while the live channel is unreachable.",
                                    registry=r, multiprocess_mode="livemax")

@@ -28,6 +28,7 @@ _LOAD_TIMEOUT_S = 120.0
 
 class SubprocessRunner(Runner):
     kind = "subprocess"
+    measures_memory = True  # the child holds nothing but this one model
 
     def __init__(self, path: Path, threads: int = 1, load_timeout_s: float = _LOAD_TIMEOUT_S) -> None:
         self.path = path

@@ -54,6 +54,9 @@ class Runner(abc.ABC):
 
     kind: str = ""
     signature: Signature
+    # Whether `memory()` measures the model's own resident memory exactly. A runner that cannot (its model
+    # shares the router's process, or runs on another machine) says so, and the memory gate never decides on it.
+    measures_memory: bool = False
 
     @abc.abstractmethod
     def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
@@ -61,7 +64,8 @@ class Runner(abc.ABC):
         can time the model apart from the transport (a subprocess); None: the caller's timing is the model's."""
 
     def memory(self) -> tuple[int, int] | None:
-        """(model cost, absolute) resident bytes, or None when this runner cannot measure it."""
+        """(model cost, absolute) resident bytes measured now, or None: no reading (a runner that does not
+        `measures_memory`, or one whose process is being restarted)."""
         return None
 
     def close(self) -> None:
@@ -105,16 +109,17 @@ def prepare_string_inputs(inputs: Tensors, string_inputs: frozenset[str]) -> Ten
 
 
 class InlineRunner(Runner):
-    """An onnxruntime session inside the router process (the default, fastest runner).
+    """An onnxruntime session inside the router process (the fastest runner).
 
-    Its model cost is the resident-memory growth around session creation and a first
-    inference; other threads allocating meanwhile blur it, so it is an estimate.
+    Its model shares the router's resident memory with every other variant and thread, so the
+    model's own cost cannot be measured here (growth around loading is an estimate that other
+    threads' allocations blur): it reports none, and the memory gate needs the subprocess runner
+    or the optimizer's offline figure.
     """
 
     kind = "inline"
 
     def __init__(self, path: Path, threads: int = 1) -> None:
-        before = rss_bytes()
         try:
             self.session = ort_session(path, threads)
         except Exception as exc:
@@ -131,7 +136,6 @@ class InlineRunner(Runner):
             self.warmup_s = time.perf_counter() - start
         except Exception as exc:  # a model may reject zeros; it is still servable
             log.warning("warm-up of %s failed: %s", path, exc)
-        self.model_bytes = max(0, rss_bytes() - before)
 
     def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
         start = time.thread_time()
@@ -148,6 +152,3 @@ class InlineRunner(Runner):
                 raise RunnerBadInput(f"the model refused the inputs: {exc}") from exc
             raise RunnerError(f"model error: {exc}") from exc
         return dict(zip(self._output_names, values, strict=True))
-
-    def memory(self) -> tuple[int, int]:
-        return self.model_bytes, rss_bytes()

@@ -532,3 +532,16 @@ def test_fast_sample_decoding_equals_the_checked_path() -> None:
     assert decode_samples([full.to_bytes(), older]) is None  # the caller falls back to one by one
     assert decode_samples([full.to_bytes(), b"1,2"]) is None
     assert decode_samples([full.to_bytes(), b"not json"]) is None
+
+
+def test_memory_readings_keep_whether_they_are_exact_and_an_older_routers_are_not(channel: LiveChannel) -> None:
+    exact = Sample(kind="memory", model="digits", variant="int8", ts=1.0, rollout_id=7, memory_bytes=4096,
+                   memory_total_bytes=9000, runner="subprocess", memory_exact=True)
+    cannot = Sample(kind="memory", model="digits", variant="baseline", ts=1.0, runner="inline")
+    older = Sample(kind="memory", model="digits", variant="int8", ts=2.0, memory_bytes=777).to_bytes()
+    older = older.replace(b',"runner":"","memory_exact":false', b"")  # what a router before the flag wrote
+    assert b"memory_exact" not in older
+    channel.append_encoded([exact.to_bytes(), cannot.to_bytes(), older], [], 60.0)
+    got = channel.read_samples("g", "c", 10).samples
+    assert got[:2] == [exact, cannot]
+    assert (got[2].memory_bytes, got[2].memory_exact, got[2].runner) == (777, False, "")  # may be an estimate
