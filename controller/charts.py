@@ -37,12 +37,14 @@ def _ticks(low: float, high: float, count: int = 4) -> list[float]:
 
 
 def line_chart(title: str, series: Mapping[str, Sequence[Point]], fmt: Callable[[float], str],
-               markers: Sequence[tuple[datetime, str]] = (), classes: Mapping[str, str] | None = None) -> Markup:
-    """One chart: a line per series (class from `classes`, e.g. baseline/candidate), step changes as markers."""
+               markers: Sequence[tuple[datetime, str]] = (), classes: Mapping[str, str] | None = None,
+               empty: str = "") -> Markup:
+    """One chart: a line per series (class from `classes`, e.g. baseline/candidate), step changes as markers;
+    `empty` says why there is no data when waiting would not bring any."""
     points = [p for s in series.values() for p in s if math.isfinite(p.value)]
     label = escape(title)
     if not points:
-        return Markup(f'<p class="nodata">{label}: no data yet</p>')
+        return Markup(f'<p class="nodata">{label}: {escape(empty or "no data yet")}</p>')
     times = [p.at.timestamp() for p in points] + [m[0].timestamp() for m in markers]
     t0, t1 = min(times), max(times)
     if t1 - t0 < 1:
@@ -127,8 +129,11 @@ def interval_chart(low: float | None, estimate: float | None, high: float | None
     tx = x(threshold)
     ok_x, ok_w = (pad, tx - pad) if upper_limit else (tx, width - pad - tx)
     word = "≤" if upper_limit else "≥"
-    description = (f"interval [{fmt(low) if low is not None else '?'}, {fmt(high) if high is not None else '?'}], "
-                   f"needs {word} {fmt(threshold)}")
+    if low is None and high is None and estimate is not None:  # a fixed figure (offline), not an interval
+        description = f"figure {fmt(estimate)}, needs {word} {fmt(threshold)}"
+    else:
+        description = (f"interval [{fmt(low) if low is not None else '?'}, "
+                       f"{fmt(high) if high is not None else '?'}], needs {word} {fmt(threshold)}")
     parts = [f'<svg class="interval" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(description)}">',
              f"<title>{escape(description)}</title>",
              f'<rect class="ok-zone" x="{ok_x:.1f}" y="6" width="{max(ok_w, 0):.1f}" height="20"/>',

@@ -112,7 +112,8 @@ def pages_router() -> APIRouter:
             line_chart("Latency p95 per variant", series.latency_p95_ms, _ms, markers, classes),
             line_chart("Error rate per variant", series.error_rate, _pct, markers, classes),
             line_chart("Accuracy from feedback per variant", series.accuracy, _pct, markers, classes),
-            line_chart("Runner memory per variant", series.memory_mib, _mib, markers, classes),
+            line_chart("Runner memory per variant (exact readings)", series.memory_mib, _mib, markers, classes,
+                       empty=series.memory_note),
         ]
         phase = Phase(summary.phase)
         actions = [a for a in ACTIONS if _can(who, a) and phase in COMMANDS[a].phases]

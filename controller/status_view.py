@@ -104,6 +104,10 @@ def list_rollouts(session: Session, now: datetime, limit: int = 200) -> list[Rol
     return [summarize(row, now) for row in rows]
 
 
+# What a criterion's figures are, when not the routers' measurements: a badge beside its title.
+SOURCE_BADGES = {"offline": "offline", "unmeasurable": "not measurable here"}
+
+
 @dataclass(frozen=True, slots=True)
 class CriterionCard:
     criterion: str
@@ -119,6 +123,11 @@ class CriterionCard:
     candidate_value: str
     samples: str
     method: str
+    source: str = "live"  # live | offline | unmeasurable (see CriterionResult.source)
+
+    @property
+    def badge(self) -> str:
+        return SOURCE_BADGES.get(self.source, "")
 
 
 def _value_text(criterion: str, value: Any) -> str:
@@ -131,18 +140,26 @@ def _value_text(criterion: str, value: Any) -> str:
     return f"{float(value):.2%}"
 
 
+def _samples_text(r: dict[str, Any], source: str) -> str:
+    if source == "offline":
+        return "the optimizer's figures (offline), no live readings"
+    counts = f"{r.get('baseline_n', 0)} baseline, {r.get('candidate_n', 0)} candidate"
+    return f"{counts} exact readings" if r.get("criterion") == "memory" else counts
+
+
 def criterion_cards(results: Sequence[dict[str, Any]]) -> list[CriterionCard]:
     cards = []
     for r in results:
         name = str(r.get("criterion", ""))
+        source = str(r.get("source", "live"))  # evaluations stored before the field were all live
+        suffix = " (offline)" if source == "offline" else ""
         cards.append(CriterionCard(
             criterion=name, title=CRITERION_TITLES.get(name, name), verdict=str(r.get("verdict", "undecided")),
             message=str(r.get("message", "")), estimate=r.get("estimate"), ci_low=r.get("ci_low"),
             ci_high=r.get("ci_high"), threshold=float(r.get("threshold", 0.0)), upper_limit=name in UPPER_LIMIT,
-            baseline_value=_value_text(name, r.get("baseline_value")),
-            candidate_value=_value_text(name, r.get("candidate_value")),
-            samples=f"{r.get('baseline_n', 0)} baseline, {r.get('candidate_n', 0)} candidate",
-            method=str(r.get("method", "")),
+            baseline_value=_value_text(name, r.get("baseline_value")) + suffix,
+            candidate_value=_value_text(name, r.get("candidate_value")) + suffix,
+            samples=_samples_text(r, source), method=str(r.get("method", "")), source=source,
         ))
     return cards
 
@@ -155,7 +172,16 @@ class Series:
     latency_p95_ms: dict[str, list[Point]] = field(default_factory=lambda: defaultdict(list))
     error_rate: dict[str, list[Point]] = field(default_factory=lambda: defaultdict(list))
     accuracy: dict[str, list[Point]] = field(default_factory=lambda: defaultdict(list))
-    memory_mib: dict[str, list[Point]] = field(default_factory=lambda: defaultdict(list))
+    memory_mib: dict[str, list[Point]] = field(default_factory=lambda: defaultdict(list))  # exact readings only
+    memory_unmeasured: set[str] = field(default_factory=set)  # kinds of runner that reported they cannot measure
+
+    @property
+    def memory_note(self) -> str:
+        """Why the memory chart has no line: the runners that cannot measure (their estimates are never drawn)."""
+        if self.memory_mib or not self.memory_unmeasured:
+            return ""
+        kinds = ", ".join(f"{k} runner" if k else "router of an older version" for k in sorted(self.memory_unmeasured))
+        return f"not measurable here ({kinds})"
 
 
 def series_from_windows(windows: Sequence[SampleWindowRow]) -> Series:
@@ -167,7 +193,9 @@ def series_from_windows(windows: Sequence[SampleWindowRow]) -> Series:
         latencies = np.asarray([x for r in rows for x in (r.data or {}).get("latency_ms", [])], dtype=np.float64)
         requests = sum(r.requests for r in rows)
         labelled = sum(r.labelled for r in rows)
-        memory = [x for r in rows for x in (r.data or {}).get("memory_bytes", [])]
+        memory = [x for r in rows for x in (r.data or {}).get("memory_exact_bytes", [])]
+        unmeasured = ((r.data or {}).get("memory_unmeasured", {}) for r in rows)
+        out.memory_unmeasured.update(kind for counts in unmeasured for kind, n in counts.items() if n)
         if latencies.size:
             p50, p95 = np.percentile(latencies, [50, 95])
             out.latency_p50_ms[variant].append(Point(start, float(p50)))
