@@ -63,7 +63,10 @@ def rollback(name: ModelName, body: RollbackIn, ctx: Ctx, who: Admin) -> dict[st
     aborted: Transition | None = None
     try:
         with ctx.session_factory() as session, session.begin():
-            model = session.scalars(select(ModelRow).where(ModelRow.name == name).with_for_update()).first()
+            # FOR NO KEY UPDATE: serializes changes of what serves this model, yet lets a promotion in flight
+            # insert its revision (a foreign-key share lock) and lose on the rollout's version instead of deadlocking
+            model = session.scalars(select(ModelRow).where(ModelRow.name == name)
+                                    .with_for_update(key_share=True)).first()
             if model is None:
                 production.model_row(session, name)  # raises NotFound naming the registered models
                 raise AssertionError("unreachable")

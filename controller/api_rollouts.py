@@ -137,7 +137,8 @@ def create_rollout(body: RolloutIn, ctx: Ctx, who: Operator, response: Response)
         if name is not None:
             check_name(kind, name)  # a malformed name is a 400 before any lookup
     with ctx.session_factory() as session, session.begin():
-        model = session.scalars(select(ModelRow).where(ModelRow.name == body.model).with_for_update()).first()
+        model = session.scalars(select(ModelRow).where(ModelRow.name == body.model)
+                                    .with_for_update(key_share=True)).first()
         if model is None:
             known = sorted(session.scalars(select(ModelRow.name)))
             raise NotFound(f"model {body.model!r} is not registered; registered models: {known}")
