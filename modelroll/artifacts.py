@@ -172,6 +172,8 @@ class ArtifactStore:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(tmp_name, 0o444)
                 os.replace(tmp_name, dest)
+            else:
+                os.utime(dest)  # stored again: `gc` gives it the grace of a new file until its row commits
         except OSError as exc:
             raise Unavailable(f"cannot write to the artifact store at {self.root}: {exc.strerror or exc}") from None
         finally:

@@ -75,13 +75,14 @@ class DemoOutcome:
 
 
 def demo_settings(settings: Settings, router_port: int | None = None, controller_port: int | None = None) -> Settings:
-    """The embedded mode in a fresh `home/demo` database; models, artifacts and caches are kept between runs."""
+    """The embedded mode in a fresh `home/demo` database and artifact store (a store belongs to one database:
+    `gc` deletes what its database does not name); the trained model's cache is kept between runs."""
     demo_dir = settings.home / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
     demo_dir.mkdir(parents=True)
     update: dict[str, Any] = {
         "database_url": f"sqlite:///{(demo_dir / 'modelroll.db').resolve()}", "redis_url": "",
-        "artifacts_dir": settings.effective_artifacts_dir, "admin_token": "mr_demo_" + secrets.token_urlsafe(16),
+        "artifacts_dir": demo_dir / "artifacts", "admin_token": "mr_demo_" + secrets.token_urlsafe(16),
         "allow_anonymous_viewer": True, "router_host": "127.0.0.1", "controller_host": "127.0.0.1",
         "reconcile_interval_s": min(settings.reconcile_interval_s, 1.0), "job_visibility_timeout_s": 30.0,
         # Each variant in its own process: its memory is then that process's own, exactly what the memory

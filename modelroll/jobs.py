@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from modelroll.artifacts import ArtifactStore, check_sha256
 from modelroll.db import ArtifactRow, ModelRow, OptimizationJobRow, VariantRow
-from modelroll.errors import InvalidInput, ModelrollError, NotFound, Unavailable
+from modelroll.errors import Conflict, InvalidInput, ModelrollError, NotFound, Unavailable
 from modelroll.live.base import LiveChannel
 from modelroll.types import Criteria, check_name, criteria_from_dict, criteria_to_dict
 
@@ -199,12 +199,16 @@ def resolve_baseline(session: Session, model: str, baseline: str | None) -> tupl
                        f"(`modelroll optimize path/to/{model}.onnx`)")
     query = select(VariantRow).where(VariantRow.model_id == model_row.id)
     if baseline is None:
-        query = query.where(VariantRow.role == "baseline").order_by(VariantRow.id.desc())
+        query = query.where(VariantRow.role == "baseline", VariantRow.retired_at.is_(None))
+        query = query.order_by(VariantRow.id.desc())
     else:
         query = query.where(VariantRow.name == baseline)
     variant = session.scalars(query.limit(1)).first()
     if variant is None:
-        raise NotFound(f"model {model!r} has no {'baseline variant' if baseline is None else repr(baseline)}")
+        raise NotFound(f"model {model!r} has no {'live baseline variant' if baseline is None else repr(baseline)}")
+    if variant.retired_at is not None:
+        raise Conflict(f"variant {baseline!r} of model {model!r} is retired (its artifacts may be deleted): "
+                       "optimize from a live variant (`modelroll models list`)")
     return model_row, variant
 
 

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
         default=1_000_000, ge=1, description="In-process channel only: predictions kept for the feedback join "
         "(oldest dropped first); Redis bounds them by their TTL and its own maxmemory.")
     artifacts_dir: Path | None = Field(default=None, description="Default: home/artifacts.")
+    retention_days: int = Field(
+        default=30, ge=0, le=36500, description="Raw sample windows of finished rollouts (latencies, labels by "
+        "request) and delivered webhook notifications older than this are purged; decisions and their evidence "
+        "are kept. 0 = as soon as the rollout finishes.")
 
     # router
     router_host: str = "127.0.0.1"
