@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,12 +23,14 @@ from modelroll.db import (
     VariantRow,
 )
 from modelroll.errors import InvalidInput, NotFound
+from modelroll.retire import REASON_MAX_CHARS, retire_variant
 from modelroll.types import TERMINAL_PHASES, check_name
 
 router = APIRouter()
 
 ModelName = Annotated[str, Path(max_length=63, description="Model name.")]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Optimization job id.")]
+VariantName = Annotated[str, Path(max_length=63, description="Variant name.")]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -43,13 +46,14 @@ def _model(session: Session, name: str) -> ModelRow:
     return row
 
 
-def _variants(session: Session, model: ModelRow) -> list[dict[str, Any]]:
+def _variants(session: Session, model: ModelRow, *, include_retired: bool = False) -> list[dict[str, Any]]:
     rows = session.execute(select(VariantRow, ArtifactRow).join(ArtifactRow, ArtifactRow.id == VariantRow.artifact_id)
                            .where(VariantRow.model_id == model.id).order_by(VariantRow.id)).all()
     names = {v.id: v.name for v, _ in rows}
     return [{"name": v.name, "role": v.role, "parent": names.get(v.parent_id) if v.parent_id else None,
              "recipe": v.recipe, "artifact_sha256": a.sha256, "size_bytes": a.size_bytes, "format": a.format,
-             "created_at": _iso(v.created_at)} for v, a in rows]
+             "created_at": _iso(v.created_at), "retired_at": _iso(v.retired_at)}
+            for v, a in rows if include_retired or v.retired_at is None]
 
 
 def _model_json(session: Session, model: ModelRow, *, detail: bool) -> dict[str, Any]:
@@ -79,9 +83,10 @@ def get_model(name: ModelName, ctx: Ctx, _: Viewer) -> dict[str, Any]:
 
 
 @router.get("/models/{name}/variants", tags=["models"], summary="Variants of one model (baseline and candidates)")
-def list_variants(name: ModelName, ctx: Ctx, _: Viewer) -> dict[str, Any]:
+def list_variants(name: ModelName, ctx: Ctx, _: Viewer, include_retired: Annotated[bool, Query(
+        description="Also list retired variants (their `retired_at` is set).")] = False) -> dict[str, Any]:
     with ctx.session_factory() as session:
-        return {"variants": _variants(session, _model(session, name))}
+        return {"variants": _variants(session, _model(session, name), include_retired=include_retired)}
 
 
 def _job_json(session: Session, job: OptimizationJobRow, *, reports: bool) -> dict[str, Any]:
@@ -150,3 +155,19 @@ def list_audit(ctx: Ctx, _: Operator,
         return {"entries": [{"id": a.id, "ts": a.ts.isoformat(), "actor": a.actor, "action": a.action,
                              "target_kind": a.target_kind, "target_id": a.target_id, "before": a.before,
                              "after": a.after} for a in session.scalars(query)]}
+
+
+class RetireIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: SafeStr = Field(default="", max_length=REASON_MAX_CHARS, description="Why; recorded in the audit.")
+
+
+@router.post("/models/{name}/variants/{variant}/retire", tags=["models"],
+             summary="Retire a variant (operator): it stops serving; gc then frees its artifacts")
+def retire(name: ModelName, variant: VariantName, ctx: Ctx, who: Operator,
+           body: RetireIn | None = None) -> dict[str, Any]:
+    """409 for the production variant, a variant of an unfinished rollout or optimization job; retiring a retired
+    variant answers 200 with `already_retired: true` and changes nothing."""
+    with ctx.session_factory() as session, session.begin():
+        retired = retire_variant(session, name, variant, actor=who.actor, reason=body.reason if body else "")
+    return retired.to_dict()

@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from controller.app import create_app
+from controller.housekeeping import Housekeeping
 from controller.reconcile import Reconciler
 from controller.webhooks import WebhookNotifier
 from modelroll import migrate
@@ -26,12 +27,17 @@ def serve(settings: Settings, host: str, port: int, *, reconcile: bool = True) -
     notifier = WebhookNotifier(settings.webhook_url, session_factory)
     reconciler = Reconciler(settings, channel, session_factory, notifier=notifier) if reconcile else None
     app = create_app(settings, channel, session_factory, reconciler=reconciler, notifier=notifier)
+    housekeeping = None
     if reconciler is not None:
         reconciler.start()
+        housekeeping = Housekeeping(settings, session_factory, lambda: reconciler.leading)
+        housekeeping.start()
         log.info("controller started holder=%s lease_s=%s", reconciler.elector.holder, settings.leader_lease_s)
     try:
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
     finally:
+        if housekeeping is not None:
+            housekeeping.stop()
         if reconciler is not None:
             reconciler.stop()
         notifier.close()

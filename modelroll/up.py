@@ -120,6 +120,7 @@ def _start_worker(settings: Settings, channel: LiveChannel, services: Services) 
 def _start_controller(settings: Settings, channel: LiveChannel, session_factory: Any, services: Services,
                       log_level: str) -> None:
     from controller.app import create_app
+    from controller.housekeeping import Housekeeping
     from controller.reconcile import Reconciler
     from controller.webhooks import WebhookNotifier
 
@@ -129,8 +130,11 @@ def _start_controller(settings: Settings, channel: LiveChannel, session_factory:
     sock = bind(settings.controller_host, settings.controller_port)
     services.controller_url = url_of(sock)
     reconciler.start()
+    housekeeping = Housekeeping(settings, session_factory, lambda: reconciler.leading)
+    housekeeping.start()
     services._stoppers.append(notifier.close)
     services._stoppers.append(reconciler.stop)
+    services._stoppers.append(housekeeping.stop)
     _serve(app, sock, "controller", services, log_level)
 
 
