@@ -55,3 +55,44 @@ def register(app: typer.Typer) -> None:
         outcome = demo.run(settings, demo.DemoConfig(), console, keep_running=keep_running)
         if outcome.failed_requests:
             raise typer.Exit(1)
+
+    @app.command("traffic")
+    def traffic_command(
+        ctx: typer.Context,
+        seconds: Annotated[float, typer.Option(min=1, max=3600, help="How long to send (bounded).")] = 60.0,
+        clients: Annotated[int, typer.Option(min=1, max=16, help="Concurrent clients.")] = 2,
+        url: Annotated[str | None, typer.Option("--url", help="Router base URL (loopback); default from settings.")]
+        = None,
+    ) -> None:
+        """Send the digits model real labelled rows (scikit-learn's held-out digits, pixels scaled to [0, 1]) with
+        sticky routing keys, and each label a second later to /v1/feedback, so a rollout has traffic to decide
+        on. Loopback only; prints which variant answered."""
+        import time
+
+        from modelroll.errors import InvalidInput
+        from modelroll.traffic import Traffic
+        from optimizer.sources import digits_eval_set
+
+        settings = settings_of(ctx)
+        base = (url or f"http://{settings.router_host}:{settings.router_port}").rstrip("/")
+        inputs, labels = digits_eval_set()
+        try:
+            load = Traffic(base, "digits", inputs, labels, clients=clients)
+        except ValueError as exc:
+            raise InvalidInput(f"--url: {exc}") from None
+        load.start()
+        ends = time.monotonic() + seconds
+        try:
+            while time.monotonic() < ends:
+                time.sleep(min(5.0, max(0.0, ends - time.monotonic())))
+                stats = load.stats
+                served = ", ".join(f"{v} {n}" for v, n in sorted(stats.served_by.items())) or "none yet"
+                typer.echo(f"sent {stats.sent}, failed {stats.failed}, labels joined {stats.labels_joined}; "
+                           f"answered by: {served}")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            load.stop()
+        if load.stats.failed:
+            raise typer.Exit(1)
+
