@@ -85,8 +85,8 @@ def demo_settings(settings: Settings, router_port: int | None = None, controller
         "artifacts_dir": demo_dir / "artifacts", "admin_token": "mr_demo_" + secrets.token_urlsafe(16),
         "allow_anonymous_viewer": True, "router_host": "127.0.0.1", "controller_host": "127.0.0.1",
         "reconcile_interval_s": min(settings.reconcile_interval_s, 1.0), "job_visibility_timeout_s": 30.0,
-        # Each variant in its own process: its memory is then that process's own, exactly what the memory
-        # gate compares. The inline runner can only estimate it while other threads allocate.
+        # Each variant in its own process (the default, kept even when MODELROLL_ROUTER_RUNNER says inline): its
+        # memory is measured exactly, which the memory gate needs; inline, memory is "not measurable here" and holds.
         "router_runner": "subprocess",
     }
     if router_port is not None:

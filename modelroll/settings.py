@@ -42,10 +42,13 @@ class Settings(BaseSettings):
     router_flush_interval_s: float = Field(default=0.2, gt=0)
     router_memory_interval_s: float = Field(default=2.0, gt=0)
     router_breaker_failures: int = Field(default=20, ge=1)
-    router_runner: str = Field(default="inline", pattern="^(inline|subprocess)$")
+    router_runner: str = Field(
+        default="subprocess", pattern="^(inline|subprocess)$", description="subprocess: each variant in its own "
+        "process, whose memory is measured exactly (what the memory gate needs); inline: in the router's process, "
+        "faster, but no variant's own memory can be measured (memory is then gated on the offline figure or held).")
     router_inline_max_ms: float = Field(
-        default=2.0, ge=0, description="An in-process model whose runs stay under this runs on the event loop "
-        "itself, saving a thread hand-off per request; 0 = always on the thread pool.")
+        default=2.0, ge=0, description="Inline runner only: an in-process model whose runs stay under this runs on "
+        "the event loop itself, saving a thread hand-off per request; 0 = always on the thread pool.")
     feedback_ttl_s: int = Field(default=24 * 3600, ge=1)
 
     # controller

@@ -40,7 +40,10 @@ def digits_source(paths: dict[str, Path], runner: str | None = None, **extra: Va
 
 
 def router_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    base: dict[str, Any] = {"home": tmp_path / "home", "router_flush_interval_s": 0.05,
+    """Router settings for tests, with the inline runner unless a test names another: most router tests are about
+    the protocol and routing, and a child process per variant doubles their time (the default, subprocess, is
+    what the runner tests, the e2e tests and the benchmark run)."""
+    base: dict[str, Any] = {"home": tmp_path / "home", "router_flush_interval_s": 0.05, "router_runner": "inline",
                             "router_memory_interval_s": 0.2, "router_breaker_failures": 5}
     base.update(overrides)
     return Settings(**base)
