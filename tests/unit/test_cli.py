@@ -165,3 +165,10 @@ def test_console_script_exit_codes_from_another_directory(tmp_path: Path) -> Non
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: no file at nope.onnx"]
+
+
+def test_traffic_targets_loopback_only_and_is_bounded(cli: Cli) -> None:
+    _one_error_line(cli("traffic", "--url", "http://10.0.0.1:8080", "--seconds", "1"), 2,
+                    "only targets loopback addresses", "10.0.0.1")
+    result = cli("traffic", "--seconds", "0")
+    assert result.exit_code == 2 and "--seconds" in result.stderr
