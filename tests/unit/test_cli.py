@@ -93,13 +93,14 @@ def test_register_then_list_as_table_and_json(cli: Cli, onnx_file: Path) -> None
     table = cli("models", "list")
     assert table.exit_code == 0
     rows = [line.split() for line in table.stdout.strip().splitlines()]
-    assert rows[0][:3] == ["model", "variant", "role"]
-    assert [row[:3] for row in rows[1:]] == [["digits", "baseline", "baseline"], ["iris", "baseline", "baseline"]]
+    assert rows[0][:4] == ["model", "variant", "serves", "role"]
+    assert [row[:4] for row in rows[1:]] == [["digits", "baseline", "production", "baseline"],
+                                            ["iris", "baseline", "production", "baseline"]]
 
     listed = json.loads(cli("models", "list", "--json").stdout)
     assert [m["name"] for m in listed] == ["digits", "iris"]
     [baseline] = listed[0]["variants"]
-    assert listed[0]["description"] == "8x8 digits"
+    assert listed[0]["description"] == "8x8 digits" and listed[0]["production"] == "baseline"
     assert baseline["role"] == "baseline" and baseline["format"] == "onnx"
     assert baseline["size_bytes"] == onnx_file.stat().st_size
     assert baseline["sha256"][:12] in rows[1]
