@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelroll import catalog, migrate
+from modelroll import catalog, migrate, production
 from modelroll.artifacts import ArtifactStore
 from modelroll.db import make_engine, make_session_factory
 from modelroll.live.base import SplitConfig
@@ -49,5 +49,29 @@ def test_router_loads_catalog_variants_and_a_candidate_added_later(tmp_path: Pat
                 assert answer.status_code == 200 and answer.headers["x-modelroll-variant"] == "int8"
                 meta = (await c.get("/v2/models/digits")).json()
                 assert sorted(meta["versions"]) == ["baseline", "int8"]
+        run(go())
+    engine.dispose()
+
+
+def test_with_no_split_published_the_router_serves_the_production_variant_not_the_catalogs_baseline(
+        tmp_path: Path, digits_paths: dict[str, Path], pg_url: str) -> None:
+    settings = router_settings(tmp_path, database_url=pg_url)
+    migrate.ensure_schema(settings)
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    store = ArtifactStore(tmp_path / "artifacts")
+    with sessions.begin() as session:
+        model, _ = catalog.register_model(session, store, digits_paths["baseline"], "digits")
+        int8 = catalog.add_variant(session, store, "digits", "int8", digits_paths["int8"])
+        production.set_production(session, model, int8, action=production.PROMOTED, actor="test")
+    rows, _ = digits_rows(2)
+    with running_app(settings, MemoryChannel(), CatalogVariantSource(sessions, store)) as app:
+        routes = app.table.routes["digits"]
+        assert routes.split.weights == {"int8": 100.0} and routes.fallback.name == "int8"
+
+        async def go() -> None:
+            async with client(app) as c:
+                answer = await c.post("/v2/models/digits/infer", content=infer_body(rows))
+                assert answer.status_code == 200 and answer.headers["x-modelroll-variant"] == "int8"
         run(go())
     engine.dispose()

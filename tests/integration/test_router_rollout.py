@@ -168,6 +168,35 @@ def test_shadow_pairs_share_the_request_id_and_feedback_scores_both(tmp_path: Pa
     assert 0 < metrics[("modelroll_model_latency_seconds_sum", "int8", "")] < 20 * 0.5
 
 
+def test_a_rollout_back_to_the_catalogs_baseline_mirrors_to_it_and_falls_back_to_what_serves(
+        tmp_path: Path, digits_paths: dict[str, Path]) -> None:
+    """int8 serves (promoted); rolling back out to the variant whose catalog role is `baseline` mirrors to it in the
+    shadow step, and int8, the split's baseline, answers when it fails."""
+    channel = MemoryChannel()
+    log = SampleLog(channel)
+    rows, _ = digits_rows(10, offset=1500)
+    with running_app(router_settings(tmp_path), channel, digits_source(digits_paths)) as app:
+        _publish(app, channel, SplitConfig("digits", {"int8": 100.0}, shadow="baseline", rollout_id=3, step=0,
+                                           baseline="int8"))
+        routes = app.table.routes["digits"]
+        assert routes.fallback.name == "int8" and routes.shadow is not None and routes.shadow.name == "baseline"
+
+        async def go() -> None:
+            async with client(app) as c:
+                for i in range(10):
+                    answer = await c.post("/v2/models/digits/infer", content=infer_body(rows[i:i + 1], f"b-{i}"))
+                    assert answer.headers["x-modelroll-variant"] == "int8"
+                await app.inference.drain()
+        run(go())
+        samples = log.wait(lambda s: sum(x.kind == "request" for x in s) >= 20)
+        for i in range(10):
+            pair = sorted((s.variant, s.shadow) for s in samples if s.request_id == f"b-{i}" and s.kind == "request")
+            assert pair == [("baseline", True), ("int8", False)]
+        _publish(app, channel, SplitConfig("digits", {"int8": 50.0, "broken": 50.0}, rollout_id=4, step=1,
+                                           baseline="int8"))
+        assert app.table.routes["digits"].fallback.name == "int8"
+
+
 def _series(text: str) -> dict[tuple[str, str, str], float]:
     """(name, variant, result or status) -> value of the router's /metrics text, for its digits series."""
     out: dict[tuple[str, str, str], float] = {}
