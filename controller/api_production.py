@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from controller.api import MAX_ID, Admin, Ctx, SafeStr, Viewer
+from controller.api import MAX_ID, Admin, ApiContext, Ctx, SafeStr, Viewer
+from controller.auth import Principal
 from controller.machine import Command, Transition, step
 from controller.transitions import (
     apply_after_commit,
@@ -59,6 +60,12 @@ def revisions(name: ModelName, ctx: Ctx, _: Viewer,
 
 @router.post("/models/{name}/rollback", summary="Undo: make an earlier production variant serve again (admin)")
 def rollback(name: ModelName, body: RollbackIn, ctx: Ctx, who: Admin) -> dict[str, Any]:
+    return roll_back(ctx, who, name, body)
+
+
+def roll_back(ctx: ApiContext, who: Principal, name: str, body: RollbackIn) -> dict[str, Any]:
+    """The undo, for the API and the status page: one transaction, then the routers get the new split."""
+    who.require("admin")
     check_name("model", name)
     aborted: Transition | None = None
     try:

@@ -15,9 +15,10 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from controller import aggregate
+from controller import aggregate, serving_view
 from controller import status_view as view
 from controller.api import ApiContext, context
+from controller.api_production import RollbackIn, roll_back
 from controller.api_rollouts import apply_command
 from controller.auth import ANONYMOUS, ROLES, Principal, authenticate
 from controller.charts import interval_chart, line_chart
@@ -83,8 +84,28 @@ def pages_router() -> APIRouter:
         now = datetime.now(UTC)
         with ctx.session_factory() as session:
             rollouts = view.list_rollouts(session, now)
+            serving = serving_view.serving_lines(session, now)
         return templates.TemplateResponse(request, "overview.html", {
-            "who": who, "rollouts": rollouts, "now": now, "anonymous": who.actor == ANONYMOUS})
+            "who": who, "rollouts": rollouts, "serving": serving, "now": now, "anonymous": who.actor == ANONYMOUS,
+            "can_undo": ROLES.index(who.role) >= ROLES.index("admin"),
+            "done": request.query_params.get("done", ""), "error": request.query_params.get("error", "")})
+
+    @router.post("/models/{name}/actions/rollback")
+    def undo(request: Request, name: str, expected_revision: Annotated[int, Form(ge=0)],
+             abort_active: Annotated[bool, Form()] = False,
+             reason: Annotated[str, Form(max_length=500)] = "") -> Response:
+        ctx = context(request)
+        who = _who(request, ctx)
+        if who is None:
+            return _login_redirect(request)
+        body = RollbackIn(expected_revision=expected_revision, abort_active=abort_active,
+                          reason=reason or "from the status page")
+        try:
+            out = roll_back(ctx, who, name, body)
+        except ModelrollError as exc:
+            return RedirectResponse(f"/?error={quote(exc.message)}", status_code=303)
+        done = f"{name} is served by {out['production']['variant']} again (revision {out['production']['revision']})"
+        return RedirectResponse(f"/?done={quote(done)}", status_code=303)
 
     @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
     def rollout_page(request: Request, rollout_id: int) -> Response:
@@ -105,6 +126,7 @@ def pages_router() -> APIRouter:
             report = newest_report(session, row.candidate_variant_id)
             report_lines = view.report_lines(report)
             timeline = view.timeline(row.spec or {}, row.step_index, row.phase)
+            offline = serving_view.created_offline(session, rollout_id, row.created_by)
         markers = view.step_markers(lines)
         classes = {summary.baseline: "baseline", summary.candidate: "candidate"}
         charts = [
@@ -120,7 +142,7 @@ def pages_router() -> APIRouter:
         return templates.TemplateResponse(request, "rollout.html", {
             "who": who, "r": summary, "cards": cards, "fmt_for": _fmt_for, "events": list(reversed(lines)),
             "charts": charts, "report": report, "report_lines": report_lines, "timeline": timeline, "actions": actions,
-            "evaluation": evaluation, "done": request.query_params.get("done", ""),
+            "evaluation": evaluation, "offline": offline, "done": request.query_params.get("done", ""),
             "error": request.query_params.get("error", ""), "anonymous": who.actor == ANONYMOUS,
         })
 

@@ -188,3 +188,46 @@ def test_memory_gated_offline_is_labelled_offline(world: World) -> None:
     assert "candidate memory is 0.25× baseline offline (20.0 MiB vs 80.0 MiB, the optimizer's figures)" in card
     assert "baseline 80.0 MiB (offline) · candidate 20.0 MiB (offline)" in card
     assert "the optimizer's figures (offline), no live readings" in card and "figure 0.25×, needs ≤ 0.40×" in card
+
+
+def _serving_row(page: str, model: str) -> str:
+    row = re.search(rf'<tr data-model="{model}">(.*?)</tr>', page, re.S)
+    assert row is not None, f"the overview shows no 'what serves' row for {model}"
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", row.group(1)))).strip()
+
+
+def test_the_overview_shows_what_serves_and_an_admin_can_undo_from_it(world: World) -> None:
+    rid = start_rollout(world, "pages")
+    with world.client() as client:
+        _login(client, world.tokens["admin"])
+        page = client.get(f"/rollouts/{rid}").text
+        assert 'id="offline">passed every offline gate (optimization job' in page
+        etag = client.get(f"/v1/rollouts/{rid}", headers=world.auth("admin")).headers["etag"]
+        assert client.post(f"/v1/rollouts/{rid}/promote", headers={**world.auth("admin"), "If-Match": etag}
+                           ).status_code == 200
+        overview = client.get("/").text
+        assert _serving_row(overview, "digits").startswith(
+            f"digits int8 revision 2 0 s ago promoted by rollout {rid} (token:admin-1)")
+        assert "Serve fp32 again" in overview
+        stale = client.post("/models/digits/actions/rollback", data={"expected_revision": "1"})
+        assert "Not done: model &#39;digits&#39; is at revision 2 (int8), you expected revision 1" in stale.text
+        done = client.post("/models/digits/actions/rollback", data={"expected_revision": "2"})
+        assert "Done: digits is served by fp32 again (revision 3)." in done.text
+        assert "rolled back by token:admin-1: from the status page" in _serving_row(done.text, "digits")
+    assert dict(world.channel.get_splits()["digits"].weights) == {"fp32": 100.0}
+    with world.client() as client:
+        _login(client, world.tokens["operator"])
+        overview = client.get("/").text
+        assert "Serve int8 again" not in overview  # undo is an admin's
+        refused = client.post("/models/digits/actions/rollback", data={"expected_revision": "3"})
+        assert "Not done: this needs the admin role" in refused.text
+
+
+def test_the_rollout_page_shows_a_forced_candidates_offline_verdict(world: World) -> None:
+    drop_reports(world)
+    rid = start_rollout(world, "pages", force=True)
+    with world.client() as client:
+        _login(client, world.tokens["viewer"])
+        page = client.get(f"/rollouts/{rid}").text
+    assert ('id="offline">no offline report (registered by hand); rolled out with force by token:operator-1'
+            in page)
