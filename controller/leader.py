@@ -19,6 +19,7 @@ from modelroll.live.base import LiveChannel
 log = logging.getLogger(__name__)
 
 LOCK = "controller"
+STANDBY_POLL_S = 0.2
 
 
 class LeaderElector:
@@ -101,5 +102,6 @@ class LeaderElector:
     def _run(self) -> None:
         while not self._stop.is_set():
             leading = self.poll() is not None
-            # A leader renews at a third of the lease; a standby looks more often to take over quickly.
-            self._stop.wait(self.lease_s / 3 if leading else max(0.05, min(1.0, self.lease_s / 10)))
+            # A leader renews at a third of the lease; a standby looks often (one SET NX) so that a lock released on
+            # a graceful stop is taken within a fraction of a second.
+            self._stop.wait(self.lease_s / 3 if leading else max(0.05, min(STANDBY_POLL_S, self.lease_s / 10)))

@@ -54,7 +54,7 @@ GROUP = "controller"
 CONSUMER = "leader"  # one name for every leader, so a new leader is redelivered what the old one never acked
 BATCH = 2000
 MAX_BATCHES_PER_TICK = 50
-CATALOG_POLL_S = 0.1  # how often the leader looks for catalog changes made where no channel reaches (a CLI)
+CATALOG_POLL_S = 0.05  # how often the leader looks for catalog changes made where no channel reaches (a CLI)
 
 Evaluate = Callable[[Criteria, Any], list[CriterionResult]]
 Overall = Callable[[Sequence[CriterionResult]], Verdict]

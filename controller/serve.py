@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
 
@@ -16,6 +18,16 @@ from modelroll.live import open_channel
 from modelroll.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stopped(Exception):
+    """A stop signal, re-raised by uvicorn once its graceful shutdown is done (see `serve`)."""
+
+
+def _stopped(signum: int, _frame: FrameType | None) -> None:
+    raise _Stopped(signal.Signals(signum).name)
 
 
 def serve(settings: Settings, host: str, port: int, *, reconcile: bool = True) -> None:
@@ -33,13 +45,21 @@ def serve(settings: Settings, host: str, port: int, *, reconcile: bool = True) -
         housekeeping = Housekeeping(settings, session_factory, lambda: reconciler.leading)
         housekeeping.start()
         log.info("controller started holder=%s lease_s=%s", reconciler.elector.holder, settings.leader_lease_s)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, restores the handlers it found and raises the signal again.
+    # With the default handlers that kills the process before the leader lock is released (a standby then waits a
+    # whole lease); with these, the signal becomes an exception and the clean-up below runs, leader lock first.
+    previous = {sig: signal.signal(sig, _stopped) for sig in _STOP_SIGNALS}
     try:
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+    except _Stopped as stop:
+        log.info("controller stopping on %s", stop)
     finally:
-        if housekeeping is not None:
-            housekeeping.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if reconciler is not None:
             reconciler.stop()
+        if housekeeping is not None:
+            housekeeping.stop()
         notifier.close()
         channel.close()
         engine.dispose()

@@ -99,3 +99,28 @@ def test_leader_killed_standby_takes_over_with_no_lost_or_duplicated_transition(
     engine.dispose()
     sent = sum(1 for s in shadow + full if s.kind == "request")
     assert requests == sent  # every request counted once across the kill
+
+
+def test_sigterm_hands_leadership_over_within_a_second_at_the_default_lease(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """A rolling update: the leader is stopped with SIGTERM. It releases the lock on its way out and exits 0, so the
+    standby leads within a second, not after the 10 s lease runs out."""
+    env = {**env, "MODELROLL_LEADER_LEASE_S": "10"}
+    migrate.upgrade(Settings(database_url=env["MODELROLL_DATABASE_URL"]))
+    procs = [Controller(env, tmp_path / f"controller-{i}.log") for i in range(2)]
+    try:
+        for c in procs:
+            wait_for(f"controller on {c.port}", c.ready)
+        [leader] = wait_for("one leader", lambda: [c for c in procs if c.leading()])
+        standby = next(c for c in procs if c is not leader)
+        leader.proc.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        wait_for("the standby to lead", standby.leading, timeout_s=5, every_s=0.01)
+        handover_s = time.monotonic() - stopped_at
+        assert leader.proc.wait(10) == 0, leader.log_tail()
+        print(f"\nSIGTERM to the leader → standby leads in {handover_s * 1000:.0f} ms (lease 10 s)")
+        assert handover_s < 1.0, f"hand-over took {handover_s:.2f} s"
+        assert "controller stopping on SIGTERM" in leader.log_tail()
+    finally:
+        for c in procs:
+            c.stop()
