@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 
 MAX_TABS = 12
 CHART_TITLES = ["Latency p50 per variant", "Latency p95 per variant", "Error rate per variant",
-                "Accuracy from feedback per variant", "Runner memory per variant"]
+                "Accuracy from feedback per variant", "Runner memory per variant (exact readings)"]
 
 
 def login(page: Page, site: StatusSite, role: str, next_path: str) -> None:
