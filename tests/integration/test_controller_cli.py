@@ -90,6 +90,13 @@ def test_memory_gate_offline_is_stored_in_the_rollouts_criteria(world: World, ur
     assert r.exit_code == 0, r.output
     criteria = json.loads(r.output)["spec"]["criteria"]
     assert criteria["memory_source"] == "offline" and criteria["alpha"] == 0.01
+    rec = world.reconciler()
+    rec.elector.poll()
+    rec.tick()
+    world.channel.append_samples(good_samples(1, 0, 300, 1_000_000.0, shadow=True))
+    rec.tick()
+    r = run(world, url, "rollout", "status", "1")  # int8 has no optimizer figures: nothing to gate on offline
+    assert "- memory (unmeasurable): undecided: not measurable here (offline): " in r.output, r.output
 
 
 def test_tokens_create_prints_the_secret_once_and_stores_its_hash(world: World, url: str) -> None:
