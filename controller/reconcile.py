@@ -122,6 +122,10 @@ class Reconciler:
             batch = self.channel.read_samples(GROUP, CONSUMER, BATCH)
             if not batch.ids:
                 break
+            # A sample of a rollout that has just ended (sent before the router heard) still belongs to its evidence.
+            ended = {s.rollout_id for s in batch.samples if s.rollout_id is not None} - routes.keys()
+            if ended:
+                routes.update(self._routes(ended)[0])
             with fenced(self.session_factory, token) as session:
                 kept, cursor = aggregate.fresh(batch.ids, batch.samples, aggregate.read_cursor(session))
                 windows, skipped = aggregate.fold(kept, routes, by_model)
@@ -249,10 +253,13 @@ class Reconciler:
             return list(session.scalars(select(RolloutRow.id).where(
                 RolloutRow.phase.not_in([p.value for p in TERMINAL_PHASES])).order_by(RolloutRow.id)))
 
-    def _routes(self) -> tuple[dict[int, aggregate.Route], dict[str, aggregate.Route]]:
+    def _routes(self, ids: set[int] | None = None) -> tuple[dict[int, aggregate.Route], dict[str, aggregate.Route]]:
+        """The active rollouts (or the rollouts `ids`, whatever their phase) as the fold sees them; by model only the
+        active ones, for samples that carry no rollout id."""
+        query = select(RolloutRow).where(RolloutRow.phase.not_in([p.value for p in TERMINAL_PHASES])) \
+            if ids is None else select(RolloutRow).where(RolloutRow.id.in_(sorted(ids)))
         with self.session_factory() as session:
-            rows = session.scalars(select(RolloutRow).where(
-                RolloutRow.phase.not_in([p.value for p in TERMINAL_PHASES]))).all()
+            rows = session.scalars(query).all()
             routes = {r.id: aggregate.Route(r.id, model_name(session, r), r.spec["baseline"], r.spec["candidate"],
                                             r.step_index) for r in rows}
         by_model = {route.model: route for route in sorted(routes.values(), key=lambda r: r.rollout_id)}
