@@ -65,7 +65,7 @@ def test_promotion_makes_the_candidate_serve_and_the_published_split_follows(cli
     revisions = client.get("/v1/models/digits/revisions", headers=world.auth("viewer")).json()["revisions"]
     assert [(r["revision"], r["variant"], r["action"], r["rollout_id"]) for r in revisions] == [
         (2, "int8", "promoted", rollout["id"]), (1, "fp32", "registered", None)]
-    assert "token:admin-1" == revisions[0]["actor"]
+    assert revisions[0]["actor"] == "token:admin-1"
 
 
 def test_a_rollout_names_what_serves_or_nothing(client: TestClient, world: World) -> None:
