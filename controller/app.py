@@ -1,7 +1,7 @@
-"""The controller's ASGI app: the /v1 ops API, /healthz, /readyz, /metrics and the one error handler.
+"""The controller's ASGI app: the /v1 ops API, the status pages, /healthz, /readyz and /metrics.
 
-Every ModelrollError becomes `{"error": message}` with its status; a request that fails validation gets a 400
-that names the field and what is accepted, never a bare 422 or a 500.
+Every failure is answered by the one error envelope of controller/errors.py (`{"error": message}` with its status,
+a 400 naming the field for invalid input, never a bare 422 or a plain-text 500).
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.api import ApiContext, api_router, context
+from controller.errors import ErrorCounts
+from controller.errors import install as install_error_handlers
 from controller.pages import pages_router
 from controller.reconcile import Reconciler
 from controller.transitions import latest_per_model, model_name
@@ -34,19 +34,13 @@ from modelroll.types import Phase
 log = logging.getLogger(__name__)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(parts) + " (see /docs for the accepted shape)"
-
-
 class _Metrics(Collector):
     """Rollout gauges read from the database at scrape time, so every replica exports the same figures."""
 
-    def __init__(self, app: FastAPI, reconciler: Reconciler | None, notifier: WebhookNotifier | None) -> None:
+    def __init__(self, app: FastAPI, reconciler: Reconciler | None, notifier: WebhookNotifier | None,
+                 errors: ErrorCounts) -> None:
         self.app = app
+        self.errors = errors
         self.reconciler = reconciler
         self.notifier = notifier
 
@@ -79,6 +73,12 @@ class _Metrics(Collector):
         leader = GaugeMetricFamily("modelroll_controller_leader", "1 if this process is the controller leader")
         leader.add_metric([], 1.0 if self.reconciler is not None and self.reconciler.leading else 0.0)
         yield leader
+        errors = CounterMetricFamily("modelroll_controller_errors", "Requests answered 5xx, by reason (database: "
+                                     "unreachable, 503; unavailable: another backend, 503; internal: 500)",
+                                     labels=["reason"])
+        for reason, count in self.errors.items():
+            errors.add_metric([reason], float(count))
+        yield errors
         if self.reconciler is not None:
             counts = CounterMetricFamily("modelroll_controller_events", "Reconciler counters by name",
                                          labels=["name"])
@@ -116,23 +116,10 @@ def create_app(settings: Settings, channel: LiveChannel | None, session_factory:
     app.include_router(api_router())
     app.include_router(pages_router())
     _document_400_not_422(app)
+    errors = ErrorCounts()
+    install_error_handlers(app, errors)
     registry = CollectorRegistry()
-    registry.register(_Metrics(app, reconciler, notifier))
-
-    @app.exception_handler(ModelrollError)
-    async def _modelroll_error(_: Request, exc: ModelrollError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": _validation_message(exc)}, status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404:
-            message = f"{message}: no such endpoint; see /docs for the API"
-        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+    registry.register(_Metrics(app, reconciler, notifier, errors))
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
     def healthz() -> dict[str, Any]:
