@@ -21,7 +21,7 @@ _WHAT_TO_DO = ("run the routers with MODELROLL_ROUTER_RUNNER=subprocess (each va
                "measured exactly), or create the rollout with memory gated on the optimizer's offline figure "
                "(`modelroll rollout create --memory-gate offline`, criteria.memory_source \"offline\")")
 OFFLINE_METHOD = ("offline: the optimizer's model memory of each variant (each measured in a fresh process, at the "
-                  "smallest batch size both were measured at); a fixed figure, not a live statistic")
+                  "batch size where the candidate saves least); a fixed figure, not a live statistic")
 
 
 def runner_label(kind: str) -> str:

@@ -198,7 +198,8 @@ class Reconciler:
 
     @staticmethod
     def _offline_memory(session: Session, row: RolloutRow) -> tuple[int | None, int | None]:
-        """The optimizer's model memory (baseline, candidate) at the smallest batch both were measured at."""
+        """The optimizer's model memory (baseline, candidate) at the batch size where the candidate saves least: a
+        rollout gated on the offline figure must meet the gate at every batch size the optimizer measured."""
         report = newest_report(session, row.candidate_variant_id)
         if report is None or not report.candidate_figures:
             return None, None
@@ -210,7 +211,7 @@ class Reconciler:
         pairs = [(b, c) for b in base.memory if (c := cand.memory_at(b.batch_size)) is not None]
         if not pairs:
             return None, None
-        b, c = min(pairs, key=lambda pair: pair[0].batch_size)
+        b, c = max(pairs, key=lambda pair: pair[1].memory_bytes / max(1, pair[0].memory_bytes))
         return b.memory_bytes, c.memory_bytes
 
     def publish_desired_splits(self) -> int:
