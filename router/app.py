@@ -27,7 +27,7 @@ from router.feedback import FeedbackJoiner, parse_items
 from router.inference import Inference
 from router.inline import InlineGate, Watchdog
 from router.liveness import LiveSplits
-from router.metrics import CONTENT_TYPE, RouterMetrics
+from router.metrics import CONTENT_TYPE, NO_MODEL, NO_VARIANT, UNKNOWN_MODEL, RouterMetrics
 from router.operator_auth import OperatorTokens
 from router.protocol import decode_request, encode_response
 from router.runners import InlineRunner, Runner
@@ -147,7 +147,8 @@ class RouterApp:
             try:
                 await self._dispatch(scope, receive, send, start)
             except ModelrollError as exc:
-                await asgi.send_error(send, exc.status_code, exc.message)
+                self._count_refusal(scope["path"], exc.status_code, start)
+                await asgi.send_error(send, exc.status_code, exc.message, _error_headers(exc))
             except ClientDisconnected:
                 return
         elif kind == "lifespan":
@@ -165,6 +166,7 @@ class RouterApp:
                 return
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, start: float) -> None:
+        # A path that exists for no method is 404; one that exists for another method is 405 with `Allow`.
         path: str = scope["path"]
         method: str = scope["method"]
         parts = path.split("/")
@@ -175,37 +177,52 @@ class RouterApp:
             if len(rest) >= 2 and rest[0] == "versions":
                 version, rest = rest[1], rest[2:]
             if rest == ["infer"]:
-                self._method(method, "POST")
+                _allow(method, "POST")
                 return await self._infer(scope, receive, send, start, model, version)
-            self._method(method, "GET")
             if rest == []:
-                return await asgi.send_bytes(send, 200, self._routes(model, version).metadata)
+                _allow(method, "GET")
+                body = self._routes(model, version).metadata
+                self.metrics.count_answer(model, 200)
+                return await asgi.send_bytes(send, 200, body)
             if rest == ["ready"]:
+                _allow(method, "GET")
                 return await self._model_ready(send, model, version)
         elif path == "/v2/health/live":
-            self._method(method, "GET")
+            _allow(method, "GET")
+            self.metrics.count_answer(NO_MODEL, 200)
             return await asgi.send_json(send, 200, {"live": True})
         elif path == "/v2/health/ready":
-            self._method(method, "GET")
+            _allow(method, "GET")
             return await self._ready(send)
         elif path == "/v2":
-            self._method(method, "GET")
+            _allow(method, "GET")
+            self.metrics.count_answer(NO_MODEL, 200)
             return await asgi.send_bytes(send, 200, _SERVER)
         elif path == "/v1/feedback":
-            self._method(method, "POST")
+            _allow(method, "POST")
             return await self._feedback(scope, receive, send)
         elif path == "/metrics":
-            self._method(method, "GET")
+            _allow(method, "GET")
+            self.metrics.count_answer(NO_MODEL, 200)
             self._memory_samples_metrics_only()
             self._observe_answered()
             return await asgi.send_bytes(send, 200, self.metrics.render(), CONTENT_TYPE.encode())
         raise NotFound(f"no endpoint {method} {path}; see /v2/models/{{name}}/infer, /v2/health/ready, "
                        "/v1/feedback, /metrics")
 
-    @staticmethod
-    def _method(method: str, allowed: str) -> None:
-        if method != allowed:
-            raise _MethodNotAllowed(f"method {method} is not allowed here; use {allowed}")
+    def _count_refusal(self, path: str, code: int, start: float) -> None:
+        """Count an error answer under a bounded model label; a refused inference request also gets its duration."""
+        parts = path.split("/")
+        if len(parts) >= 4 and parts[1] == "v2" and parts[2] == "models":
+            model = parts[3]
+            if model not in self.table.routes and model not in self.table.errors:
+                model = UNKNOWN_MODEL
+            elif parts[-1] == "infer":
+                self.metrics.observe_request(model, NO_VARIANT, code, _perf() - start)
+                return
+        else:
+            model = NO_MODEL
+        self.metrics.count_answer(model, code)
 
     def _routes(self, model: str, version: str | None) -> ModelRoutes:
         routes = self.table.routes.get(model)
@@ -221,6 +238,7 @@ class RouterApp:
         routes = self._routes(model, version)
         if version is not None and version not in routes.variants:
             raise Unavailable(f"version {version!r} of model {model!r} is not loaded (not in the current split)")
+        self.metrics.count_answer(model, 200)
         await asgi.send_json(send, 200, {"name": model, "ready": True})
 
     async def _ready(self, send: Send) -> None:
@@ -236,7 +254,9 @@ class RouterApp:
                         "predictions_dropped": self.recorder.predictions_dropped},
             **self.inference.describe(),
         }
-        await asgi.send_json(send, 200 if ready else 503, body)
+        code = 200 if ready else 503
+        self.metrics.count_answer(NO_MODEL, code)
+        await asgi.send_json(send, code, body)
 
     def _memory_samples_metrics_only(self) -> None:
         self.metrics.sync_unsent(self.recorder.unsent)
@@ -275,11 +295,7 @@ class RouterApp:
         body = await asgi.read_body(receive, declared, self._max_body)
         request = decode_request(body, _header_length(header_length), routes.signature)
         request_id = request.id or header_id or f"{self._id_prefix}{next(self._ids):x}"
-        try:
-            variant, outputs = await self.inference.run(routes, request, request_id, key, forced, ts, start)
-        except ModelrollError as exc:
-            self.metrics.observe_request(model, "-", exc.status_code, _perf() - start)
-            raise
+        variant, outputs = await self.inference.run(routes, request, request_id, key, forced, ts, start)
         payload, json_length = encode_response(model, variant.name, request_id, outputs, request)
         extra = [(b"x-request-id", request_id.encode("latin-1", "replace")),
                  (b"x-modelroll-variant", variant.name.encode())]
@@ -318,6 +334,7 @@ class RouterApp:
         counts = {s: sum(1 for r in results if r["status"] == s) for s in ("joined", "unknown", "invalid")}
         for status, n in counts.items():
             self.metrics.count_feedback_items(status, n)
+        self.metrics.count_answer(NO_MODEL, 200)
         await asgi.send_json(send, 200, {"results": results, **counts})
 
     def _join_feedback(self, items: list[Any]) -> list[dict[str, Any]]:
@@ -343,6 +360,21 @@ class _LazySessions:
 
 class _MethodNotAllowed(ModelrollError):
     status_code = 405
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise _MethodNotAllowed(f"method {method} is not allowed here; use {allowed}", allowed)
+
+
+def _error_headers(exc: ModelrollError) -> list[tuple[bytes, bytes]] | None:
+    if isinstance(exc, _MethodNotAllowed):
+        return [(b"allow", exc.allow.encode())]
+    return None
 
 
 def _header_length(raw: bytes | None) -> int | None:

@@ -21,6 +21,12 @@ _BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 _MODEL_BUCKETS_S = (0.00005, 0.0001, 0.00025, *_BUCKETS_S)
 FEEDBACK_RESULTS = ("correct", "wrong")
 FEEDBACK_STATUSES = ("joined", "unknown", "invalid")
+# Label values of `modelroll_requests_total` that no model name can take (names start with a letter or a digit), so
+# that a client cannot grow the label set: every name the router does not serve counts as one, and endpoints about no
+# model (health, server metadata, feedback, metrics, unknown paths) as another.
+UNKNOWN_MODEL = "(unknown)"
+NO_MODEL = "-"
+NO_VARIANT = "-"
 
 
 def multiprocess_dir() -> str | None:
@@ -31,7 +37,9 @@ class RouterMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.requests = Counter("modelroll_requests_total", "Inference requests by model, variant and HTTP code.",
+        self.requests = Counter("modelroll_requests_total", "Requests answered, by model (a served model; "
+                                f"{UNKNOWN_MODEL} for any other name; {NO_MODEL} for endpoints about no model), "
+                                f"variant ({NO_VARIANT} when no variant answered) and HTTP code.",
                                 ["model", "variant", "code"], registry=r)
         self.errors = Counter("modelroll_request_errors_total", "Variant calls that failed, by status.",
                               ["model", "variant", "status"], registry=r)
@@ -80,6 +88,14 @@ class RouterMetrics:
         if hist is None:
             hist = self._duration_children[dkey] = self.duration.labels(model, variant)
         hist.observe(seconds)
+
+    def count_answer(self, model: str, code: int) -> None:
+        """A request answered without running a variant (health, metadata, metrics, feedback, any refusal)."""
+        key = (model, NO_VARIANT, code)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(model, NO_VARIANT, str(code))
+        child.inc()
 
     def observe_runs(self, records: list[RequestRecord]) -> None:
         """Runner time of each successful variant call; called when samples are encoded (`Recorder.settle`)."""

@@ -286,3 +286,67 @@ def test_a_settle_left_on_a_closed_event_loop_does_not_stall_the_next(tmp_path: 
         metrics = run(go())
         assert 'modelroll_requests_total{code="200",model="digits",variant="baseline"} 1.0' in metrics
         assert app.recorder.pending >= 1 and app._settle_loop is None
+
+
+def test_every_answered_request_is_counted_with_its_code_under_bounded_labels(tmp_path: Path,
+                                                                              digits_paths: dict[str, Path]) -> None:
+    rows, _ = digits_rows(1)
+    settings = router_settings(tmp_path, router_max_body_bytes=4096)
+    with running_app(settings, MemoryChannel(), digits_source(digits_paths)) as app:
+        async def go() -> None:
+            async with client(app) as c:
+                assert (await c.post("/v2/models/digits/infer", content=infer_body(rows))).status_code == 200
+                assert (await c.post("/v2/models/digits/infer", content=b"{")).status_code == 400
+                assert (await c.post("/v2/models/digits/infer", content=b"x" * 5000)).status_code == 413
+                assert (await c.get("/v2/models/digits/infer")).status_code == 405
+                assert (await c.get("/v2/models/digits")).status_code == 200
+                for i in range(50):  # names the router does not serve: one label value between them
+                    assert (await c.post(f"/v2/models/m{i}/infer", content=infer_body(rows))).status_code == 404
+                    assert (await c.get(f"/v2/models/m{i}/ready")).status_code == 404
+                assert (await c.get("/v3/nothing")).status_code == 404
+                assert (await c.get("/v2/health/live")).status_code == 200
+        run(go())
+        app._observe_answered()
+
+    def count(model: str, variant: str, code: int) -> float:
+        value = app.metrics.registry.get_sample_value(
+            "modelroll_requests_total", {"model": model, "variant": variant, "code": str(code)})
+        return value or 0.0
+
+    assert count("digits", "baseline", 200) == 1
+    assert count("digits", "-", 400) == 1 and count("digits", "-", 413) == 1 and count("digits", "-", 405) == 1
+    assert count("digits", "-", 200) == 1  # the metadata
+    assert count("(unknown)", "-", 404) == 100
+    assert count("-", "-", 404) == 1 and count("-", "-", 200) == 1
+    models = {s.labels["model"] for m in app.metrics.registry.collect() if m.name == "modelroll_requests"
+              for s in m.samples}
+    assert models == {"digits", "(unknown)", "-"}
+    refused = app.metrics.registry.get_sample_value("modelroll_request_duration_seconds_count",
+                                                    {"model": "digits", "variant": "-"})
+    assert refused == 3  # refused inference requests keep their duration beside the answered ones
+
+
+@pytest.mark.parametrize(("method", "path", "code", "allow"), [
+    ("POST", "/v2/models/digits/nothing", 404, None),  # exists for no method
+    ("POST", "/v2/models/digits/versions/int8/nothing", 404, None),
+    ("GET", "/v2/models/digits/versions", 404, None),
+    ("GET", "/v2/models/digits/infer", 405, "POST"),
+    ("PUT", "/v2/models/digits/versions/int8/infer", 405, "POST"),
+    ("POST", "/v2/models/digits", 405, "GET"),
+    ("DELETE", "/v2/models/digits/ready", 405, "GET"),
+    ("POST", "/v2/health/live", 405, "GET"),
+    ("POST", "/metrics", 405, "GET"),
+    ("GET", "/v1/feedback", 405, "POST"),
+    ("GET", "/v2/nothing", 404, None),
+])
+def test_a_path_that_exists_for_another_method_is_405_with_allow_and_else_404(
+        tmp_path: Path, digits_paths: dict[str, Path], method: str, path: str, code: int, allow: str | None) -> None:
+    with running_app(router_settings(tmp_path), MemoryChannel(), digits_source(digits_paths)) as app:
+        async def go() -> None:
+            async with client(app) as c:
+                answer = await c.request(method, path)
+                assert answer.status_code == code, answer.text
+                assert answer.headers.get("allow") == allow
+                error = answer.json()["error"]
+                assert (f"use {allow}" in error) if allow else ("no endpoint" in error)
+        run(go())
