@@ -1,4 +1,5 @@
-"""Content-addressed artifact store: each artifact at root/<sha[:2]>/<sha>, its sha256 checked on every load.
+"""Content-addressed artifact store: each artifact at root/<sha[:2]>/<sha>, its sha256 checked on every load
+(modelroll/integrity.py: the one check, also used by the router's runners on every load and restart).
 
 A directory (e.g. a Hugging Face model folder) is stored as one deterministic,
 uncompressed tar and extracted to root/.trees/<sha> when it is loaded.
@@ -19,11 +20,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from modelroll.errors import InvalidInput, NotFound, Tampered, Unavailable
+from modelroll.integrity import CHUNK_BYTES, check, hash_stream, mismatch, short
 from modelroll.settings import Settings
 
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 FORMAT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,15}$")
-CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +52,6 @@ def check_format(value: str) -> str:
     return value
 
 
-def _short(sha256: str) -> str:
-    return f"{sha256[:12]}…"
-
-
 class _HashingWriter:
     """A write-only file object that hashes and counts what passes through, then hands it on (or drops it)."""
 
@@ -72,13 +69,6 @@ class _HashingWriter:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
-
-
-def _hash_stream(stream: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while chunk := stream.read(CHUNK_BYTES):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _tree_entries(source: Path) -> list[tuple[str, Path, bool]]:
@@ -137,21 +127,16 @@ class ArtifactStore:
         root = self.root.resolve()
         path = (root / sha256[:2] / sha256).resolve()
         if not path.is_relative_to(root):
-            raise InvalidInput(f"artifact {_short(sha256)} resolves outside the store at {root}")
+            raise InvalidInput(f"artifact {short(sha256)} resolves outside the store at {root}")
         return path
 
     def _existing(self, sha256: str) -> Path:
         path = self._blob_path(sha256)
         if not path.is_file():
             raise NotFound(
-                f"artifact {_short(sha256)} is not in the artifact store at {self.root}: re-register the model"
+                f"artifact {short(sha256)} is not in the artifact store at {self.root}: re-register the model"
             )
         return path
-
-    def _tampered(self, sha256: str) -> Tampered:
-        return Tampered(
-            f"artifact {_short(sha256)} fails its sha256 check (file changed on disk): re-register the model"
-        )
 
     def _ingest(self, fill: Callable[[_HashingWriter], object], fmt: str) -> StoredArtifact:
         tmp_dir = self.root / ".tmp"
@@ -184,7 +169,7 @@ class ArtifactStore:
     @staticmethod
     def _matches(path: Path, sha256: str) -> bool:
         with path.open("rb") as stream:
-            return _hash_stream(stream) == sha256
+            return hash_stream(stream) == sha256
 
     def put_bytes(self, data: bytes, fmt: str) -> StoredArtifact:
         check_format(fmt)
@@ -215,30 +200,36 @@ class ArtifactStore:
     def path_of(self, sha256: str) -> Path:
         """The stored file, after checking its bytes still hash to `sha256`."""
         path = self._existing(sha256)
-        if not self._matches(path, sha256):
-            raise self._tampered(sha256)
+        with path.open("rb") as stream:
+            check(hash_stream(stream), sha256)
         return path
+
+    def stored_path(self, sha256: str) -> Path:
+        """Where the stored file is, not checked here: for a loader that checks the very bytes it loads
+        (`integrity.read_verified`), as the router's runners do on every load and restart."""
+        return self._existing(sha256)
 
     def open(self, sha256: str) -> BinaryIO:
         """An open, verified binary file; the check reads through the same handle the caller gets."""
         stream = self._existing(sha256).open("rb")
-        if _hash_stream(stream) != sha256:
+        try:
+            check(hash_stream(stream), sha256)
+        except Tampered:
             stream.close()
-            raise self._tampered(sha256)
+            raise
         stream.seek(0)
         return stream
 
     def read_bytes(self, sha256: str) -> bytes:
         data = self._existing(sha256).read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise self._tampered(sha256)
+        check(hashlib.sha256(data).hexdigest(), sha256)
         return data
 
     def tree_of(self, sha256: str) -> Path:
         """A stored folder, extracted once to root/.trees/<sha>; the tar and the extraction are both verified."""
         tar_path = self.path_of(sha256)
         if not tarfile.is_tarfile(tar_path):
-            raise InvalidInput(f"artifact {_short(sha256)} is a single file, not a stored folder: load it with path_of")
+            raise InvalidInput(f"artifact {short(sha256)} is a single file, not a stored folder: load it with path_of")
         target = self.root.resolve() / ".trees" / sha256
         if target.is_dir():
             if _tree_sha256(target) == sha256:
@@ -254,5 +245,5 @@ class ArtifactStore:
         except OSError:  # another process extracted it first
             shutil.rmtree(scratch, ignore_errors=True)
             if _tree_sha256(target) != sha256:
-                raise self._tampered(sha256) from None
+                raise mismatch(sha256) from None
         return target

@@ -3,7 +3,8 @@
 A worker killed mid-job leaves its claim unacknowledged: the channel hands the job to another worker
 after the visibility timeout, and after `job_max_attempts` deliveries puts it in the dead letters,
 where the sweep marks its row failed with the last error. The attempt number fences every write, so
-a slow earlier attempt can never overwrite a newer one.
+a slow earlier attempt can never overwrite a newer one. What no retry can change fails the job at once with
+its reason: a bad request, a missing artifact, an artifact that fails its integrity check.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from modelroll.db import OptimizationJobRow
-from modelroll.errors import InvalidInput, NotFound, Unavailable
+from modelroll.errors import InvalidInput, NotFound, Tampered, Unavailable
 from modelroll.jobs import QUEUE, TERMINAL_STATES, requeue_orphans
 from modelroll.live.base import Job, LiveChannel
 from modelroll.settings import Settings
@@ -216,7 +217,7 @@ class Worker:
             self._mark(job_id, attempt, status="retrying", message=f"worker stopped during attempt {attempt}; "
                        "another worker takes it over after the visibility timeout")
             return "stopped"
-        except (JobFailed, InvalidInput, NotFound) as exc:
+        except (JobFailed, InvalidInput, NotFound, Tampered) as exc:  # no retry can help: failed at once
             self._mark(job_id, attempt, status="failed", error=str(exc), message="failed",
                        finished_at=datetime.now(UTC))
             self.channel.ack_job(job)

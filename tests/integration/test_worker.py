@@ -255,3 +255,21 @@ def test_a_job_longer_than_the_visibility_timeout_stays_with_its_worker(stack: S
     assert time.monotonic() - started > 3 * 0.6  # it did outlast the timeout several times
     job = stack.job(job_id)
     assert job.status == "succeeded" and job.attempts == 1 and stolen == []
+
+
+def test_job_over_a_tampered_baseline_artifact_fails_at_once_with_the_reason(stack: Stack) -> None:
+    job_id = stack.submit("int8")
+    for blob in (stack.settings.effective_artifacts_dir).glob("??/*"):
+        if blob.stat().st_size > 100_000:  # the model, not the eval data
+            data = bytearray(blob.read_bytes())
+            data[len(data) // 2] ^= 0x01  # one byte of the weights: only the hash can tell
+            blob.chmod(0o644)
+            blob.write_bytes(bytes(data))
+    started = time.monotonic()
+    worker = run_in_process(stack, job_id)
+    job = stack.job(job_id)
+    assert job.status == "failed" and job.attempts == 1 and job.message == "failed"
+    assert job.error.startswith("artifact hash mismatch: the bytes of artifact ") and "re-register" in job.error
+    assert time.monotonic() - started < 30  # not retried until the attempts run out
+    assert worker.metrics.jobs.labels(outcome="failed")._value.get() == 1
+    assert stack.channel.claim_job(QUEUE, "probe", 0.001, 5) is None  # acked: nothing left to retry

@@ -11,6 +11,7 @@ import pytest
 
 from modelroll.artifacts import ArtifactStore, StoredArtifact
 from modelroll.errors import Conflict, InvalidInput, NotFound, Tampered
+from modelroll.integrity import read_verified
 
 
 @pytest.fixture()
@@ -71,7 +72,8 @@ def test_same_content_is_stored_once(store: ArtifactStore, tmp_path: Path) -> No
 def test_tampered_file_is_refused_on_every_kind_of_load(store: ArtifactStore) -> None:
     stored = store.put_bytes(b"original model", "onnx")
     _tamper(store.root / stored.relpath, b"edited model!!")  # same length: only the hash can tell
-    message = f"artifact {stored.sha256[:12]}… fails its sha256 check (file changed on disk): re-register the model"
+    message = (f"artifact hash mismatch: the bytes of artifact {stored.sha256[:12]}… changed on disk since they were "
+               "stored (tampered or damaged); re-register the model")
     for load in (store.path_of, store.read_bytes, store.open):
         with pytest.raises(Tampered) as caught:
             load(stored.sha256)
@@ -167,3 +169,17 @@ def test_a_single_file_is_not_extracted_as_a_folder(store: ArtifactStore) -> Non
     stored = store.put_bytes(b"plain onnx bytes", "onnx")
     with pytest.raises(InvalidInput, match="single file"):
         store.tree_of(stored.sha256)
+
+
+def test_read_verified_returns_the_checked_bytes_and_pins_an_unrecorded_hash(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"model bytes")
+    data, pinned = read_verified(path, None)
+    assert data == b"model bytes" and pinned == hashlib.sha256(b"model bytes").hexdigest()
+    assert read_verified(path, pinned) == (data, pinned)
+    path.write_bytes(b"model bytez")
+    with pytest.raises(Tampered, match=f"^artifact hash mismatch: the bytes of artifact {pinned[:12]}… changed"):
+        read_verified(path, pinned)
+    path.unlink()
+    with pytest.raises(NotFound, match="is gone"):
+        read_verified(path, pinned)
