@@ -19,6 +19,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from controller.api import ApiContext, api_router, context
+from controller.body_limit import BodyLimit
 from controller.errors import ErrorCounts
 from controller.errors import install as install_error_handlers
 from controller.pages import pages_router
@@ -118,6 +119,8 @@ def create_app(settings: Settings, channel: LiveChannel | None, session_factory:
     _document_400_not_422(app)
     errors = ErrorCounts()
     install_error_handlers(app, errors)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.controller_max_body_bytes,
+                       read_timeout_s=settings.controller_read_timeout_s)
     registry = CollectorRegistry()
     registry.register(_Metrics(app, reconciler, notifier, errors))
 

@@ -5,9 +5,10 @@
     ├── Unauthorized (401)   no or unknown bearer token
     ├── Forbidden (403)      token lacks the role
     ├── NotFound (404)       unknown model, variant, rollout, job
+    ├── RequestTimeout (408) the request's body did not arrive in time
     ├── Conflict (409)       stale version, duplicate name, illegal transition
     │   └── Tampered         a stored artifact no longer matches its sha256
-    ├── PayloadTooLarge (413)
+    ├── PayloadTooLarge (413) a request body over the limit
     └── Unavailable (503)    a backend (database, Redis, runner) cannot be reached
 
 Messages say what was wrong and what is accepted; HTTP layers write them as
@@ -47,6 +48,10 @@ class Conflict(ModelrollError):
 
 class Tampered(Conflict):
     """Stored bytes conflict with their recorded hash: retrying cannot help, re-registering can."""
+
+
+class RequestTimeout(ModelrollError):
+    status_code = 408
 
 
 class PayloadTooLarge(ModelrollError):

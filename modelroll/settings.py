@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     controller_port: int = Field(default=8081, ge=0, le=65535)
     reconcile_interval_s: float = Field(default=1.0, gt=0)
     leader_lease_s: float = Field(default=10.0, gt=0)
+    controller_max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest request body the controller reads (413 above it, refused "
+        "by Content-Length before reading, or as soon as a chunked body passes it); ops API bodies are a few KB.")
+    controller_read_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="The whole request body must arrive within this many seconds of "
+        "its headers, else 408 and the connection is closed (a client declaring more than it sends).")
     admin_token: str = Field(default="", description="Bootstrap admin bearer token.")
     allow_anonymous_viewer: bool = True
     webhook_url: str = ""
