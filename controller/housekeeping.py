@@ -55,7 +55,7 @@ class Housekeeping:
                      report.notifications, len(report.artifacts),
                      len(report.orphans) + len(report.trees) + len(report.scratch), report.freed_bytes)
         for error in report.errors:
-            log.warning("gc could not delete %s", error)
+            log.warning("gc: %s", error)
         return report
 
     def run(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelroll import garbage
@@ -190,7 +191,7 @@ class _Deleter:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            self.errors.append(f"{path}: {exc.strerror or exc}")
+            self.errors.append(f"could not delete {path}: {exc.strerror or exc}")
             log.warning("gc could not delete path=%s why=%s", path, exc)
             return False
         if path.parent.parent == self.root and _SHARD.fullmatch(path.parent.name):
@@ -289,5 +290,10 @@ def collect(sessions: sessionmaker[Session], root: Path, *, retention_days: int,
                                              "files_bytes": report.files_bytes}))
     if before is None:
         return report
-    shrink_sqlite(engine)
+    try:
+        shrink_sqlite(engine)
+    except OperationalError as exc:  # e.g. another process holds a long read: the next pass shrinks it
+        reason = str(exc.orig).strip() if exc.orig is not None else str(exc)
+        log.warning("gc could not shrink the SQLite file why=%s", reason)
+        report = replace(report, errors=(*report.errors, f"the SQLite file was not shrunk: {reason}"))
     return replace(report, database_bytes_after=_sqlite_bytes(engine))

@@ -38,7 +38,7 @@ def report_lines(report: Report) -> list[str]:
         lines.append(f"kept the extracted folders of live artifacts: optimization job(s) {jobs} not finished")
     for sha256 in report.missing:
         lines.append(f"warning: artifact {sha256[:12]}… of a live variant is missing from the store: re-register it")
-    lines += [f"warning: could not delete {error}" for error in report.errors]
+    lines += [f"warning: {error}" for error in report.errors]
     if report.database_bytes_before is not None and report.database_bytes_after is not None:
         lines.append(f"database file: {human_bytes(report.database_bytes_before)} → "
                      f"{human_bytes(report.database_bytes_after)}")

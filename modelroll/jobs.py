@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from modelroll.artifacts import ArtifactStore, check_sha256
 from modelroll.db import ArtifactRow, ModelRow, OptimizationJobRow, VariantRow
 from modelroll.errors import Conflict, InvalidInput, ModelrollError, NotFound, Unavailable
+from modelroll.inputs import InputPolicy
 from modelroll.live.base import LiveChannel
 from modelroll.types import Criteria, check_name, criteria_from_dict, criteria_to_dict
 
@@ -212,9 +213,23 @@ def resolve_baseline(session: Session, model: str, baseline: str | None) -> tupl
     return model_row, variant
 
 
-def validate(session: Session, request: OptimizationRequest, artifacts_root: Path
-             ) -> tuple[ModelRow, VariantRow, ArtifactRow]:
-    """Everything a worker would otherwise find out too late; raises InvalidInput/NotFound, writes nothing."""
+def eval_data_path(request: OptimizationRequest, inputs: InputPolicy | None) -> Path | None:
+    """The eval-data file the request names, as `inputs` allows it; `inputs` None: no server-side path at all."""
+    if request.eval_data is None:
+        return None
+    if inputs is None:
+        raise InvalidInput("eval_data names a file, which this caller may not do: give eval_sha256 of eval data "
+                           "already in the artifact store")
+    return inputs.resolve("eval_data", request.eval_data)
+
+
+def validate(session: Session, request: OptimizationRequest, artifacts_root: Path,
+             inputs: InputPolicy | None = None) -> tuple[ModelRow, VariantRow, ArtifactRow]:
+    """Everything a worker would otherwise find out too late; raises InvalidInput/NotFound, writes nothing.
+
+    `inputs` says which files `eval_data` may name (modelroll/inputs.py): LOCAL for the CLI on its user's machine,
+    `InputPolicy.within(settings.effective_input_dir)` for the ops API; None (the default) allows none."""
+    eval_path = eval_data_path(request, inputs)
     model_row, variant = resolve_baseline(session, request.model, request.baseline)
     if request.needs_torch and variant.source_artifact_id is None:
         onnx_only = sorted(t for t, needs in KNOWN_TECHNIQUES.items() if not needs)
@@ -224,8 +239,8 @@ def validate(session: Session, request: OptimizationRequest, artifacts_root: Pat
     if artifact is None or artifact.format != "onnx":
         raise InvalidInput(f"baseline {variant.name!r} is not an ONNX artifact: optimization needs an .onnx baseline")
     model_path = artifacts_root / artifact.path
-    if request.eval_data is not None:
-        check_eval_data(Path(request.eval_data), model_path)
+    if eval_path is not None:
+        check_eval_data(eval_path, model_path)
     elif request.eval_sha256 is not None:
         store = ArtifactStore(artifacts_root)
         if not store.exists(request.eval_sha256):
@@ -238,11 +253,14 @@ def validate(session: Session, request: OptimizationRequest, artifacts_root: Pat
 
 
 def submit_job(session: Session, channel: LiveChannel, request: OptimizationRequest,
-               artifacts_root: Path) -> OptimizationJobRow:
-    """Validate, store the eval data, commit the job row, then enqueue it (the row is deleted if that fails)."""
-    model_row, variant, _ = validate(session, request, artifacts_root)
-    if request.eval_data is not None:
-        stored = ArtifactStore(artifacts_root).put_file(Path(request.eval_data), "npz")
+               artifacts_root: Path, inputs: InputPolicy | None = None) -> OptimizationJobRow:
+    """Validate, store the eval data, commit the job row, then enqueue it (the row is deleted if that fails).
+
+    `inputs`: which files `eval_data` may name, as for `validate`."""
+    model_row, variant, _ = validate(session, request, artifacts_root, inputs)
+    eval_path = eval_data_path(request, inputs)
+    if eval_path is not None:
+        stored = ArtifactStore(artifacts_root).put_file(eval_path, "npz")
         request = replace(request, eval_sha256=stored.sha256)
     elif request.eval_sha256 is None:
         request = replace(request, eval_sha256=str(variant.recipe["eval_sha256"]))

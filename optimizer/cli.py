@@ -202,6 +202,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Queue an optimization job for MODEL, follow it, and print its report."""
         from modelroll.cli import EXIT_FAILED, settings_of
+        from modelroll.inputs import LOCAL
         from modelroll.jobs import OptimizationRequest, submit_job
         from modelroll.live import open_channel
         from optimizer.jobs import load_report
@@ -221,7 +222,8 @@ def register(app: typer.Typer) -> None:
                 model=model_name, techniques=recipes, criteria=criteria, baseline=baseline,
                 eval_data=str(eval_data.resolve()) if eval_data is not None else None,
                 batch_sizes=sizes, threads=threads)
-            job_id = submit_job(session, channel, request, settings.effective_artifacts_dir).id
+            # The CLI runs as its user on their own machine: --eval-data may be any file they can read.
+            job_id = submit_job(session, channel, request, settings.effective_artifacts_dir, LOCAL).id
         typer.echo(f"queued optimization job {job_id} for model {model_name!r}: {', '.join(recipes)}", err=True)
         if no_wait:
             typer.echo(str(job_id))

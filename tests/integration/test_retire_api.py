@@ -122,4 +122,7 @@ def test_only_the_leader_collects_and_it_retries_every_interval(client: TestClie
         assert removed == ["b" * 64]
         assert session.scalars(select(SampleWindowRow)).all() == []
     events = client.get(f"/v1/rollouts/{rollout_id}/events", headers=world.auth("viewer")).json()["events"]
-    assert events[-1]["kind"] == "aborted"  # the decisions stay
+    assert events[-1]["kind"] == "aborted"  # the decisions stay, and the status page still tells them
+    client.post("/login", data={"token": world.tokens["viewer"], "next": "/"}, follow_redirects=False)
+    page = client.get(f"/rollouts/{rollout_id}")
+    assert page.status_code == 200 and "aborted" in page.text

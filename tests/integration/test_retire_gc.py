@@ -165,6 +165,10 @@ def test_a_retired_variant_is_no_longer_served_nor_optimized_from(home: Home) ->
     assert "pruned" not in {spec.name for spec in source.variants("digits")}
     with home.sessions() as session, pytest.raises(Conflict, match="variant 'pruned' of model 'digits' is retired"):
         resolve_baseline(session, "digits", "pruned")
+    home.serve("int8")
+    home.retire("baseline")
+    with home.sessions() as session, pytest.raises(NotFound, match="model 'digits' has no live baseline variant"):
+        resolve_baseline(session, "digits", None)  # the default never picks a retired one
 
 
 def test_shared_content_stays_until_its_last_live_variant_is_retired(home: Home) -> None:
