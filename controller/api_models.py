@@ -23,6 +23,7 @@ from modelroll.db import (
     VariantRow,
 )
 from modelroll.errors import InvalidInput, NotFound
+from modelroll.inputs import InputPolicy
 from modelroll.retire import REASON_MAX_CHARS, retire_variant
 from modelroll.types import TERMINAL_PHASES, check_name
 
@@ -119,7 +120,8 @@ def create_optimization(ctx: Ctx, who: Operator,
     if ctx.channel is None:
         raise InvalidInput("this API replica has no live channel to queue jobs on")
     with ctx.session_factory() as session:
-        job = jobs.submit_job(session, ctx.channel, request, ctx.settings.effective_artifacts_dir)  # commits
+        job = jobs.submit_job(session, ctx.channel, request, ctx.settings.effective_artifacts_dir,  # commits
+                              InputPolicy.within(ctx.settings.effective_input_dir))
         audit(session, who.actor, "optimization.create", "optimization", job.id, {}, {"request": job.request})
         session.commit()
         return _job_json(session, job, reports=False)

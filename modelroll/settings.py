@@ -26,6 +26,9 @@ class Settings(BaseSettings):
         default=1_000_000, ge=1, description="In-process channel only: predictions kept for the feedback join "
         "(oldest dropped first); Redis bounds them by their TTL and its own maxmemory.")
     artifacts_dir: Path | None = Field(default=None, description="Default: home/artifacts.")
+    input_dir: Path | None = Field(default=None, description=(
+        "The only folder whose files the ops API reads when a request names one (an optimization's eval_data, by a "
+        "path relative to it); default: home/inputs."))
     retention_days: int = Field(
         default=30, ge=0, le=36500, description="Raw sample windows of finished rollouts (latencies, labels by "
         "request) and delivered webhook notifications older than this are purged; decisions and their evidence "
@@ -95,3 +98,7 @@ class Settings(BaseSettings):
     @property
     def effective_artifacts_dir(self) -> Path:
         return self.artifacts_dir if self.artifacts_dir is not None else self.home / "artifacts"
+
+    @property
+    def effective_input_dir(self) -> Path:
+        return self.input_dir if self.input_dir is not None else self.home / "inputs"

@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from modelroll.catalog import register_model
 from modelroll.db import CandidateReportRow, OptimizationJobRow, VariantRow
+from modelroll.inputs import LOCAL
 from modelroll.jobs import QUEUE, OptimizationRequest, submit_job
 from modelroll.live import LiveChannel, open_channel
 from modelroll.migrate import ensure_schema
@@ -61,7 +62,7 @@ class Stack:
         request = OptimizationRequest(model="tiny", techniques=techniques, eval_data=str(self.eval_path),
                                       batch_sizes=(1,))
         with self.ctx.sessions() as session:
-            return submit_job(session, self.channel, request, self.settings.effective_artifacts_dir).id
+            return submit_job(session, self.channel, request, self.settings.effective_artifacts_dir, LOCAL).id
 
     def job(self, job_id: int) -> OptimizationJobRow:
         with self.ctx.sessions() as session:
