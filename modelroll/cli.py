@@ -31,7 +31,10 @@ from modelroll.db import make_engine, make_session_factory
 from modelroll.errors import InvalidInput, ModelrollError, PayloadTooLarge, Unavailable
 from modelroll.settings import Settings
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Exit codes a pipeline can branch on (README, "From a pipeline"): 0 ok; 1 failed (a rollout rolled back, aborted
+# or failed; a job failed); 2 bad usage; 3 timed out waiting; 4 waiting for an approval; 5 no candidate passed its
+# gates (the job itself succeeded).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_AWAITING_APPROVAL, EXIT_NO_CANDIDATE = 0, 1, 2, 3, 4, 5
 
 
 def exit_code_of(error: ModelrollError) -> int:

@@ -26,42 +26,32 @@ from modelroll.db import ArtifactRow, ModelRow, OptimizationJobRow, VariantRow
 from modelroll.errors import Conflict, InvalidInput, ModelrollError, NotFound, Unavailable
 from modelroll.inputs import InputPolicy
 from modelroll.live.base import LiveChannel
+from modelroll.recipes import TECHNIQUES, parse_recipe
 from modelroll.types import Criteria, check_name, criteria_from_dict, criteria_to_dict
 
 QUEUE = "optimize"
-# Technique name -> whether it needs the baseline's torch model (it works on weights before export).
-# Mirrors optimizer/recipes.py TECHNIQUES and ALIASES (the kernel cannot import a service); a unit test
-# keeps them equal. Parameters are checked by the worker with the full recipe grammar.
-KNOWN_TECHNIQUES: Mapping[str, bool] = {
-    "prune": True,
-    "drop-layers": True,
-    "distill": True,
-    "int8": False,
-    "int8-static": False,
-}
-TECHNIQUE_ALIASES: Mapping[str, str] = {
-    "int8-dynamic": "int8", "dynamic": "int8", "static": "int8-static", "drop": "drop-layers",
-}
 JOB_STATES = ("queued", "running", "retrying", "succeeded", "failed")
 TERMINAL_STATES = frozenset({"succeeded", "failed"})
 MAX_BATCH_SIZE = 1024
 MAX_RECIPES = 16
 
 
-def recipe_techniques(recipe: str) -> tuple[str, ...]:
-    """Canonical technique names of a recipe string ("prune:0.5,distill,int8" -> prune, distill, int8)."""
-    if not isinstance(recipe, str) or not recipe.strip() or len(recipe) > 500:
-        raise InvalidInput(f"a technique recipe must be a non-empty string such as 'int8' or 'prune:0.5,distill,int8', "
-                           f"got {recipe!r}")
-    names = []
-    for step in recipe.split(","):
-        name = step.split(":", 1)[0].strip().lower()
-        name = TECHNIQUE_ALIASES.get(name, name)
-        if name not in KNOWN_TECHNIQUES:
-            accepted = sorted([*KNOWN_TECHNIQUES, *TECHNIQUE_ALIASES])
-            raise InvalidInput(f"unknown technique {name!r} in {recipe!r}: accepted {accepted}")
-        names.append(name)
-    return tuple(names)
+def check_recipes(techniques: Any) -> tuple[str, ...]:
+    """The recipes as given, stripped, each parsed with the full grammar (parameters included), so that a bad one
+    is refused before a job is queued, with the part that is wrong and what is accepted."""
+    if isinstance(techniques, (str, bytes)) or not isinstance(techniques, Sequence) \
+            or not techniques or len(techniques) > MAX_RECIPES:
+        raise InvalidInput(f"techniques must be a list of 1 to {MAX_RECIPES} recipes such as ['int8', "
+                           f"'prune:0.5,distill,int8']; techniques: {sorted(TECHNIQUES)}")
+    for recipe in techniques:
+        if not isinstance(recipe, str) or len(recipe) > 500:
+            raise InvalidInput(f"a recipe must be text of at most 500 characters such as 'prune:0.5,distill,int8', "
+                               f"got {recipe!r:.80}")
+        parse_recipe(recipe)
+    stripped = tuple(t.strip() for t in techniques)
+    if len(set(stripped)) != len(stripped):
+        raise InvalidInput(f"techniques has duplicates: {list(stripped)}")
+    return stripped
 
 
 def _check_int_list(name: str, values: Any, low: int, high: int) -> tuple[int, ...]:
@@ -96,15 +86,7 @@ class OptimizationRequest:
         check_name("model", self.model)
         if self.baseline is not None:
             check_name("baseline", self.baseline)
-        if isinstance(self.techniques, (str, bytes)) or not isinstance(self.techniques, Sequence) \
-                or not self.techniques or len(self.techniques) > MAX_RECIPES:
-            raise InvalidInput(f"techniques must be a list of 1 to {MAX_RECIPES} recipes such as ['int8', "
-                               f"'prune:0.5,distill,int8']; techniques: {sorted(KNOWN_TECHNIQUES)}")
-        for recipe in self.techniques:
-            recipe_techniques(recipe)
-        if len(set(self.techniques)) != len(self.techniques):
-            raise InvalidInput(f"techniques has duplicates: {list(self.techniques)}")
-        object.__setattr__(self, "techniques", tuple(t.strip() for t in self.techniques))
+        object.__setattr__(self, "techniques", check_recipes(self.techniques))
         object.__setattr__(self, "batch_sizes", _check_int_list("batch_sizes", self.batch_sizes, 1, MAX_BATCH_SIZE))
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= 64:
             raise InvalidInput(f"threads must be an integer in [1, 64], got {self.threads!r}")
@@ -116,7 +98,7 @@ class OptimizationRequest:
     @property
     def needs_torch(self) -> tuple[str, ...]:
         """The recipes that need the baseline's torch model."""
-        return tuple(r for r in self.techniques if any(KNOWN_TECHNIQUES[t] for t in recipe_techniques(r)))
+        return tuple(r for r in self.techniques if parse_recipe(r).torch_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -232,7 +214,7 @@ def validate(session: Session, request: OptimizationRequest, artifacts_root: Pat
     eval_path = eval_data_path(request, inputs)
     model_row, variant = resolve_baseline(session, request.model, request.baseline)
     if request.needs_torch and variant.source_artifact_id is None:
-        onnx_only = sorted(t for t, needs in KNOWN_TECHNIQUES.items() if not needs)
+        onnx_only = sorted(name for name, t in TECHNIQUES.items() if t.stage == "onnx")
         raise InvalidInput(f"recipe(s) {list(request.needs_torch)} need the torch model of baseline {variant.name!r} "
                            f"of {request.model!r}, which was registered as an ONNX file only: use {onnx_only}")
     artifact = session.get(ArtifactRow, variant.artifact_id)

@@ -200,12 +200,15 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
         markdown: Annotated[bool, typer.Option("--markdown", help="Print the report as Markdown.")] = False,
     ) -> None:
-        """Queue an optimization job for MODEL, follow it, and print its report."""
-        from modelroll.cli import EXIT_FAILED, settings_of
+        """Queue an optimization job for MODEL, follow it, and print its report.
+
+        Exit codes: 0 at least one candidate passes every gate; 1 the job failed; 2 bad usage (a bad recipe or
+        parameter is refused before anything is queued or built); 5 the job ran but no candidate passes.
+        """
+        from modelroll.cli import EXIT_FAILED, EXIT_NO_CANDIDATE, settings_of
         from modelroll.inputs import LOCAL
-        from modelroll.jobs import OptimizationRequest, submit_job
+        from modelroll.jobs import OptimizationRequest, check_recipes, submit_job
         from modelroll.live import open_channel
-        from optimizer.jobs import load_report
 
         settings = settings_of(ctx)
         if no_wait and settings.embedded:
@@ -213,6 +216,8 @@ def register(app: typer.Typer) -> None:
                                "in embedded mode the job runs in this process")
         criteria = parse_gates(gates) if gates else Criteria()
         sizes = _parse_batch_sizes(batch_sizes)
+        if techniques:
+            check_recipes(techniques)  # before a built-in model is built or anything queued
         sessions = _sessions(settings)
         channel = open_channel(settings)
         with sessions() as session:
@@ -232,11 +237,15 @@ def register(app: typer.Typer) -> None:
             _run_embedded(settings, channel, sessions, job_id)
         else:
             _wait(sessions, job_id)
+        from optimizer.jobs import load_report  # torch and onnxruntime: only once there is a report to load
+
         with sessions() as session:
             report = load_report(session, job_id)
         _print(report, as_json, markdown)
         if report.status != "succeeded":
             raise typer.Exit(EXIT_FAILED)
+        if not any(c.passed for c in report.candidates):
+            raise typer.Exit(EXIT_NO_CANDIDATE)
 
     @optimize.command("report")
     def optimize_report(

@@ -223,3 +223,13 @@ def test_readyz_reports_a_database_that_is_down(world: World) -> None:
         r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["database"]["ok"] is False
     assert r.json()["checks"]["live"]["ok"] is True
+
+
+def test_an_optimization_with_a_bad_recipe_parameter_is_400_and_queues_nothing(client: TestClient,
+                                                                               world: World) -> None:
+    before = client.get("/v1/optimizations", headers=world.auth("viewer")).json()["optimizations"]
+    r = client.post("/v1/optimizations", headers=world.auth("operator"),
+                    json={"model": "digits", "techniques": ["prune:1.5"]})
+    assert r.status_code == 400
+    assert "prune: amount='1.5' is not accepted: amount is float in [0, 1)" in r.json()["error"]
+    assert client.get("/v1/optimizations", headers=world.auth("viewer")).json()["optimizations"] == before

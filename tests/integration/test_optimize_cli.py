@@ -58,8 +58,9 @@ def test_optimize_prints_the_report_and_report_reprints_it(cli: Cli, model: tupl
     onnx_path, eval_path = model
     result = cli("optimize", str(onnx_path), "--eval-data", str(eval_path), "-t", "int8", "--batch-sizes", "1",
                  "--gates", "latency=0.1,memory=0.1,accuracy=0.05", "--json")
-    assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
+    # 0 when a candidate passes every gate, 5 when the job ran and none does (a pipeline stops there)
+    assert result.exit_code == (0 if report["candidates"][0]["passed"] else 5), result.stderr
     assert report["status"] == "succeeded" and report["model"] == "tiny" and report["baseline"] == "baseline"
     assert report["criteria"]["latency_reduction_min"] == 0.1
     (candidate,) = report["candidates"]
@@ -72,6 +73,15 @@ def test_optimize_prints_the_report_and_report_reprints_it(cli: Cli, model: tupl
     assert "| metric | original | optimized | improvement | gate |" in markdown.stdout
     table = cli("optimize", "report", str(report["job_id"]))
     assert "int8 vs baseline" in table.stdout and f"job {report['job_id']}: succeeded" in table.stdout
+
+
+def test_optimize_exits_5_when_the_job_runs_but_no_candidate_passes(cli: Cli, model: tuple[Path, Path]) -> None:
+    onnx_path, eval_path = model
+    result = cli("optimize", str(onnx_path), "--eval-data", str(eval_path), "-t", "int8", "--batch-sizes", "1",
+                 "--gates", "latency=0.99", "--json")
+    report = json.loads(result.stdout)
+    assert report["status"] == "succeeded" and not report["candidates"][0]["passed"]
+    assert result.exit_code == 5, result.stderr
 
 
 def _refused(cli: Cli, result: Result, *fragments: str) -> None:

@@ -173,3 +173,15 @@ def test_traffic_targets_loopback_only_and_is_bounded(cli: Cli) -> None:
                     "only targets loopback addresses", "10.0.0.1")
     result = cli("traffic", "--seconds", "0")
     assert result.exit_code == 2 and "--seconds" in result.stderr
+
+
+@pytest.mark.parametrize(("recipe", "fragment"), [
+    ("prune:1.5", "prune: amount='1.5' is not accepted: amount is float in [0, 1)"),
+    ("int8:bogus", "int8: per_channel='bogus' is not accepted"),
+    ("int8,prune", "prune must come before the quantization step"),
+])
+def test_optimize_refuses_a_bad_recipe_parameter_before_building_or_queueing_anything(
+        cli: Cli, recipe: str, fragment: str) -> None:
+    _one_error_line(cli("optimize", "digits", "-t", recipe), 2, fragment)
+    assert not (cli.home / "cache").exists()  # the built-in model was not even built
+    assert "no models registered yet" in cli("models", "list").stdout

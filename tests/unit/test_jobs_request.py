@@ -10,27 +10,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modelroll.errors import InvalidInput
-from modelroll.jobs import (
-    KNOWN_TECHNIQUES,
-    TECHNIQUE_ALIASES,
-    OptimizationRequest,
-    check_eval_data,
-    recipe_techniques,
-)
+from modelroll.jobs import OptimizationRequest, check_eval_data
 from modelroll.types import Criteria
-from optimizer import recipes
 from optimizer.cli import parse_gates
 
 
-def test_known_techniques_mirror_the_optimizer_registry() -> None:
-    assert dict(KNOWN_TECHNIQUES) == {name: t.stage == "torch" for name, t in recipes.TECHNIQUES.items()}
-    assert dict(TECHNIQUE_ALIASES) == recipes.ALIASES
-
-
 def test_recipes_are_read_step_by_step_with_aliases() -> None:
-    assert recipe_techniques("prune:0.5,distill,int8-dynamic") == ("prune", "distill", "int8")
-    request = OptimizationRequest(model="digits", techniques=("int8", "drop:0.3,int8"))
-    assert request.needs_torch == ("drop:0.3,int8",)
+    request = OptimizationRequest(model="digits", techniques=("int8", "drop:0.3,int8", " prune:0.5,distill,int8 "))
+    assert request.needs_torch == ("drop:0.3,int8", "prune:0.5,distill,int8")
+    assert request.techniques[2] == "prune:0.5,distill,int8"
 
 
 @pytest.mark.parametrize("techniques, message", [
@@ -40,6 +28,10 @@ def test_recipes_are_read_step_by_step_with_aliases() -> None:
     ("int8", "techniques must be a list"),
     (("int8", "int8"), "duplicates"),
     (("",), "non-empty string"),
+    (("prune:1.5",), r"prune: amount='1.5' is not accepted: amount is float in \[0, 1\)"),
+    (("int8:bogus",), "int8: per_channel='bogus' is not accepted: per_channel is true or false"),
+    (("int8,prune:0.5",), "prune must come before the quantization step"),
+    ((7,), "a recipe must be text"),
 ])
 def test_bad_techniques_are_refused_with_what_is_accepted(techniques: object, message: str) -> None:
     with pytest.raises(InvalidInput, match=message) as info:
