@@ -110,6 +110,7 @@ class RouterApp:
                               rollout_id=routes.rollout_id if routes else None,
                               step=routes.step if routes else None, memory_bytes=model_bytes,
                               memory_total_bytes=total_bytes, runner=runner.kind, memory_exact=measured is not None))
+        out.extend(self.table.cannot_serve_samples(now))  # the controller fails the rollout of such a candidate
         self.metrics.sync_unsent(self.recorder.unsent)
         self.metrics.live_degraded.set(1 if self.degraded else 0)
         return out
@@ -236,6 +237,8 @@ class RouterApp:
 
     async def _model_ready(self, send: Send, model: str, version: str | None) -> None:
         routes = self._routes(model, version)
+        if version is not None and version in routes.cannot_serve:
+            raise Unavailable(f"version {version!r} of model {model!r} cannot serve: {routes.cannot_serve[version]}")
         if version is not None and version not in routes.variants:
             raise Unavailable(f"version {version!r} of model {model!r} is not loaded (not in the current split)")
         self.metrics.count_answer(model, 200)

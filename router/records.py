@@ -71,7 +71,8 @@ def encode_sample(r: RequestRecord) -> bytes:
                    "rollout_id": r.rollout_id, "step": r.step, "request_id": r.request_id,
                    "latency_ms": r.latency_ms, "total_ms": r.total_ms, "status": r.status, "cpu_ms": r.cpu_ms,
                    "batch_size": r.batch_size, "shadow": r.shadow, "prediction": r.prediction(),
-                   "memory_bytes": 0, "memory_total_bytes": 0, "correct": None, "runner": "", "memory_exact": False})
+                   "memory_bytes": 0, "memory_total_bytes": 0, "correct": None, "runner": "", "memory_exact": False,
+                   "reason": ""})
 
 
 def encode_prediction(r: RequestRecord, ttl_s: float) -> tuple[str, bytes] | None:

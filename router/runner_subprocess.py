@@ -2,7 +2,10 @@
 
 A crash, a hang or a leak in the child cannot take the router down: a dead or late child
 is killed and started again in the background while calls fail fast (the router falls back
-to the baseline). Its memory is the child's own resident set, minus what it had before loading.
+to the baseline). Every start, restarts included, loads the model only after its bytes pass the integrity
+check (the recorded sha256, else the hash pinned at the first start); a restart that fails it ends the
+runner for good (`refused`, `on_refused`). Its memory is the child's own resident set, minus what it had
+before loading.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from router import frames
-from router.runners import Runner, RunnerBadInput, RunnerError, RunnerTimeout, Tensors, rss_bytes
+from router.runners import Runner, RunnerBadInput, RunnerError, RunnerRefused, RunnerTimeout, Tensors, rss_bytes
 from router.tensors import Signature
 
 log = logging.getLogger(__name__)
@@ -30,10 +34,13 @@ class SubprocessRunner(Runner):
     kind = "subprocess"
     measures_memory = True  # the child holds nothing but this one model
 
-    def __init__(self, path: Path, threads: int = 1, load_timeout_s: float = _LOAD_TIMEOUT_S) -> None:
+    def __init__(self, path: Path, threads: int = 1, load_timeout_s: float = _LOAD_TIMEOUT_S, *,
+                 sha256: str | None = None, on_refused: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.threads = threads
         self.load_timeout_s = load_timeout_s
+        self.sha256 = sha256  # None: pinned to what the first child loaded
+        self.on_refused = on_refused
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._rss_before = 0
@@ -47,8 +54,9 @@ class SubprocessRunner(Runner):
         return self._proc.pid if self._proc is not None else None
 
     def _spawn(self) -> Signature:
+        expected = [self.sha256] if self.sha256 is not None else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "router.runner_child", str(self.path), str(self.threads)],
+            [sys.executable, "-m", "router.runner_child", str(self.path), str(self.threads), *expected],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
@@ -60,7 +68,9 @@ class SubprocessRunner(Runner):
             raise RunnerError(f"runner child for {self.path} did not start: {exc}") from exc
         if not meta.get("ok"):
             self._kill(proc)
-            raise RunnerError(str(meta.get("error", "runner child failed to load the model")))
+            error = RunnerRefused if meta.get("refused") else RunnerError
+            raise error(str(meta.get("error", "runner child failed to load the model")))
+        self.sha256 = str(meta["sha256"])
         self._rss_before = int(meta["rss_before"])
         self._proc = proc
         return Signature.from_dict(meta["signature"])
@@ -90,6 +100,9 @@ class SubprocessRunner(Runner):
         while not self._closed:
             try:
                 signature = self._spawn()
+            except RunnerRefused as exc:
+                self._refuse(exc)
+                break
             except RunnerError as exc:
                 log.error("restart of runner for %s failed: %s", self.path, exc)
                 time.sleep(delay)
@@ -101,12 +114,23 @@ class SubprocessRunner(Runner):
             break
         self._restarting = False
 
+    def _refuse(self, exc: RunnerRefused) -> None:
+        self.refused = str(exc)
+        log.error("runner for %s refused for good: %s", self.path, exc)
+        if self.on_refused is not None:
+            try:
+                self.on_refused(self.refused)
+            except Exception:  # the owner's bug must not hide the refusal: it stays on `refused`
+                log.exception("on_refused hook of the runner for %s failed", self.path)
+
     def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if not self._lock.acquire(timeout=-1 if timeout_s is None else timeout_s):
             raise RunnerTimeout(f"runner for {self.path.name} is busy past the {timeout_s}s deadline")
         try:
             proc = self._proc
+            if self.refused:
+                raise RunnerRefused(self.refused)
             if proc is None or proc.poll() is not None:
                 if proc is not None:
                     self._restart_in_background(f"exit code {proc.returncode}")

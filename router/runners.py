@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from modelroll.errors import NotFound, Tampered
+from modelroll.integrity import read_verified
 from router.tensors import Signature
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,10 @@ class RunnerError(Exception):
 
 class RunnerTimeout(RunnerError):
     """The variant did not answer within its deadline."""
+
+
+class RunnerRefused(RunnerError):
+    """The variant's artifact failed its integrity check (`modelroll.integrity`): permanent, never retried."""
 
 
 class RunnerBadInput(RunnerError):
@@ -57,6 +63,8 @@ class Runner(abc.ABC):
     # Whether `memory()` measures the model's own resident memory exactly. A runner that cannot (its model
     # shares the router's process, or runs on another machine) says so, and the memory gate never decides on it.
     measures_memory: bool = False
+    # Set when the runner can no longer serve, for good: a restart found its artifact changed (integrity check).
+    refused: str = ""
 
     @abc.abstractmethod
     def run(self, inputs: Tensors, timeout_s: float | None = None) -> tuple[Tensors, float, float | None]:
@@ -84,7 +92,8 @@ def warmup_inputs(signature: Signature) -> Tensors:
     return out
 
 
-def ort_session(path: Path, threads: int) -> Any:
+def ort_session(model: Path | bytes, threads: int) -> Any:
+    """A CPU session of the model at a path, or of the model's bytes (the ones the integrity check read)."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(4)  # model errors are reported by the router, not printed by onnxruntime
@@ -93,7 +102,8 @@ def ort_session(path: Path, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 4
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def prepare_string_inputs(inputs: Tensors, string_inputs: frozenset[str]) -> Tensors:
@@ -109,7 +119,8 @@ def prepare_string_inputs(inputs: Tensors, string_inputs: frozenset[str]) -> Ten
 
 
 class InlineRunner(Runner):
-    """An onnxruntime session inside the router process (the fastest runner).
+    """An onnxruntime session inside the router process (the fastest runner), built from the bytes the
+    integrity check read (`sha256`: the recorded hash; None pins the file's hash at this load).
 
     Its model shares the router's resident memory with every other variant and thread, so the
     model's own cost cannot be measured here (growth around loading is an estimate that other
@@ -119,11 +130,18 @@ class InlineRunner(Runner):
 
     kind = "inline"
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(self, path: Path, threads: int = 1, sha256: str | None = None) -> None:
         try:
-            self.session = ort_session(path, threads)
+            data, self.sha256 = read_verified(path, sha256)
+        except Tampered as exc:
+            raise RunnerRefused(exc.message) from exc
+        except (NotFound, OSError) as exc:
+            raise RunnerError(f"cannot read {path}: {exc}") from exc
+        try:
+            self.session = ort_session(data, threads)
         except Exception as exc:
             raise RunnerError(f"onnxruntime cannot load {path}: {exc}") from exc
+        del data
         self.signature = Signature.from_onnx_session(self.session)
         self._output_names = [t.name for t in self.signature.outputs]
         self._string_inputs = frozenset(t.name for t in self.signature.inputs if t.datatype == "BYTES")

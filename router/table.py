@@ -1,19 +1,23 @@
 """The routing table: per model, the loaded variants and the current split, swapped atomically on change.
 
 Requests read one immutable `ModelRoutes` snapshot; the split watcher builds the next one
-(loading any new variant first, off the event loop) and replaces it in a single assignment.
+(loading any new variant first, off the event loop) and replaces it in a single assignment. A variant of
+the split that cannot serve (its load failed, its artifact failed the integrity check, a restart found
+it changed, its signature differs) is left out of the snapshot with its reason (`cannot_serve`): its
+traffic goes to the split's baseline, and readiness and the controller are told why.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from modelroll.errors import ModelrollError, NotFound
-from modelroll.live.base import SplitConfig
+from modelroll.live.base import Sample, SplitConfig
 from router.breaker import Breaker
 from router.inline import InlineGate
 from router.runners import Runner, RunnerError
@@ -49,6 +53,7 @@ class ModelRoutes:
     signature: Signature
     metadata: bytes
     known: frozenset[str]  # every variant name the source lists (forcing may load one on demand)
+    cannot_serve: Mapping[str, str] = field(default_factory=dict)  # variant of the split -> why it is not served
 
     @property
     def rollout_id(self) -> int | None:
@@ -87,12 +92,19 @@ class ModelTable:
         with self._load_lock:
             found = self._loaded.get((model, name))
             if found is not None:
-                return found
+                if not found.runner.refused:
+                    return found
+                del self._loaded[(model, name)]  # its artifact changed: load it afresh (checked again)
+                found.runner.close()
             specs = {s.name: s for s in self._source.variants(model)}
             spec = specs.get(name)
             if spec is None:
                 raise NotFound(f"variant {name!r} of model {model!r} is unknown; known variants: {sorted(specs)}")
-            runner = load_runner(spec, self._default_runner, self._threads)
+            try:
+                runner = load_runner(spec, self._default_runner, self._threads,
+                                     on_refused=partial(self._refused, model, name))
+            except ModelrollError as exc:  # its file is gone, ...: a known variant that cannot load
+                raise RunnerError(exc.message) from exc
             gate = self._inline_gate(runner) if self._inline_gate is not None else None
             loaded = LoadedVariant(spec, runner, Breaker(self._breaker_failures), gate)
             self._loaded[(model, name)] = loaded
@@ -103,11 +115,31 @@ class ModelTable:
         """Build and install the routes for one model's split (None: its baseline at 100 %)."""
         model = config.model if config is not None else model
         assert model is not None
+        return self._install(config, model)
+
+    def _refused(self, model: str, name: str, reason: str) -> None:
+        """A runner's restart found its artifact changed: rebuild the model's routes without it (its traffic goes
+        to the split's baseline) and with the reason; called on that runner's restart thread."""
+        log.error("variant %s of %s refused, its traffic goes to the split's baseline: %s", name, model, reason)
+        current = self.routes.get(model)
+        if current is None or name not in current.variants:
+            return
+        try:
+            self._install(current.config, model, replaces=current)
+        except (RunnerError, ModelrollError) as exc:  # the baseline itself: keep the routes there are
+            log.error("routes of %s could not be rebuilt after %s was refused: %s", model, name, exc)
+
+    def _install(self, config: SplitConfig | None, model: str,
+                 replaces: ModelRoutes | None = None) -> ModelRoutes | None:
+        """Build the routes of `config` and install them; `replaces`: rebuild those routes with the same split,
+        unless a newer split replaced them meanwhile."""
         with self._load_lock:
             current = self.routes.get(model)
+            if replaces is not None and current is not replaces:
+                return current  # a newer split was installed: it loaded afresh
             # Equal means a re-delivery. Any other version applies, lower ones too: the channel's watcher already
             # drops stale messages, and a Redis that lost its data numbers splits from 1 again.
-            if config is not None and current is not None and current.config == config:
+            if replaces is None and config is not None and current is not None and current.config == config:
                 return current
             specs = self._source.variants(model)
             default = baseline_of(specs)
@@ -119,6 +151,7 @@ class ModelTable:
                 config_weights = dict(config.weights)
             fallback_name = self._fallback_name(config, config_weights, specs, default)
             variants: dict[str, LoadedVariant] = {}
+            cannot_serve: dict[str, str] = {}
             wanted = [n for n, w in config_weights.items() if w > 0 or n == fallback_name]
             if config is not None and config.shadow:
                 wanted.append(config.shadow)
@@ -128,10 +161,12 @@ class ModelTable:
                 except (RunnerError, ModelrollError) as exc:
                     if name == fallback_name:
                         raise
+                    cannot_serve[name] = _reason(exc)
                     log.error("variant %s of %s cannot be loaded, its traffic goes to %s: %s",
                               name, model, fallback_name, exc)
             for loaded in variants.values():
-                loaded.breaker.reset()  # a new split is the controller's decision
+                if replaces is None:
+                    loaded.breaker.reset()  # a new split is the controller's decision (a rebuild is not)
             fallback = variants[fallback_name]
             signature = fallback.runner.signature
             for name, loaded in list(variants.items()):
@@ -139,6 +174,7 @@ class ModelTable:
                 if why is not None:
                     log.error("variant %s of %s does not match the baseline's signature (%s); not served", name,
                               model, why)
+                    cannot_serve[name] = f"its inputs or outputs differ from the baseline {fallback_name!r}'s: {why}"
                     del variants[name]
             shadow = variants.get(config.shadow) if config is not None and config.shadow else None
             names = sorted(s.name for s in specs)
@@ -146,7 +182,7 @@ class ModelTable:
                 model=model, split=Split(config_weights, fallback_name), config=config, variants=variants,
                 fallback=fallback, shadow=shadow, signature=signature,
                 metadata=metadata_bytes(model, names, signature, _PLATFORM.get(fallback.runner.kind, "onnx")),
-                known=frozenset(names),
+                known=frozenset(names), cannot_serve=cannot_serve,
             )
             self.routes[model] = routes
             self.errors.pop(model, None)
@@ -187,13 +223,25 @@ class ModelTable:
         out: dict[str, Any] = {}
         for model, routes in self.routes.items():
             out[model] = {
-                "ready": True,
+                "ready": True,  # the baseline serves: a variant that cannot is listed, its traffic on the baseline
                 "split_version": routes.config.version if routes.config else 0,
                 "rollout_id": routes.rollout_id, "step": routes.step,
                 "weights": routes.split.weights, "fallback": routes.fallback.name,
                 "shadow": routes.shadow.name if routes.shadow else None,
                 "ejected": sorted(n for n, v in routes.variants.items() if v.breaker.ejected),
+                "cannot_serve": dict(routes.cannot_serve),
             }
         for model, why in self.errors.items():
             out.setdefault(model, {"ready": False, "error": why})
         return out
+
+    def cannot_serve_samples(self, now: float) -> list[Sample]:
+        """One "cannot_serve" sample per variant of a split that is not served, with its reason: the controller
+        fails the variant's rollout on it (sent with the memory readings, while the condition lasts)."""
+        return [Sample(kind="cannot_serve", model=model, variant=name, ts=now, rollout_id=routes.rollout_id,
+                       step=routes.step, status="error", reason=reason)
+                for model, routes in list(self.routes.items()) for name, reason in routes.cannot_serve.items()]
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, ModelrollError) else str(exc)

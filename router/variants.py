@@ -1,7 +1,8 @@
 """Where a model's variants come from (a `VariantSource`) and how one is loaded into a runner.
 
 Loading is start-up or split-change work, never per request: the catalog source reads the
-database rows and asks the artifact store for a verified local path.
+database rows and gives each variant its stored file and recorded sha256, which every runner checks
+on every load and restart (modelroll/integrity.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class VariantSpec:
     remote_model: str | None = None
     runner: str | None = None  # inline | subprocess; None = the router's default
     production: bool = False  # what serves outside a rollout (the catalog's production variant)
-    locate: Callable[[], Path] | None = field(default=None, compare=False)  # verified path, resolved at load time
+    locate: Callable[[], Path] | None = field(default=None, compare=False)  # the file, resolved at load time
+    sha256: str | None = None  # the artifact's recorded hash: the runner loads the file only if it matches
 
 
 class VariantSource(Protocol):
@@ -60,7 +62,7 @@ class StaticVariantSource:
 
 
 class CatalogVariantSource:
-    """Variants registered in the database, with artifacts resolved (and hash-checked) by the store."""
+    """Variants registered in the database, with artifacts located by the store and hash-checked by the runner."""
 
     def __init__(self, session_factory: Any, store: Any) -> None:
         self._sessions = session_factory
@@ -91,16 +93,18 @@ class CatalogVariantSource:
             ).all()
             serving = production.current_row(session, model_row.id)
         serving_name = serving[1].name if serving is not None else None
-        # The hash check reads the whole file: done only for the variants actually loaded.
+        # The hash check reads the whole file: done by the runner, on the bytes it loads, for the variants loaded.
         return [
-            VariantSpec(model=model, name=name, role=role, locate=partial(self._store.path_of, sha),
-                        production=name == serving_name)
+            VariantSpec(model=model, name=name, role=role, locate=partial(self._store.stored_path, sha),
+                        sha256=sha, production=name == serving_name)
             for name, role, sha, fmt in rows if fmt == "onnx"
         ]
 
 
-def load_runner(spec: VariantSpec, default_runner: str, threads: int) -> Runner:
-    """Start the runner for one variant (may take seconds: start-up and split changes only)."""
+def load_runner(spec: VariantSpec, default_runner: str, threads: int,
+                on_refused: Callable[[str], None] | None = None) -> Runner:
+    """Start the runner for one variant (may take seconds: start-up and split changes only); `on_refused` is
+    called if a later restart of the runner finds its artifact changed (it then serves no more)."""
     if spec.url is not None:
         from router.runner_http import HttpRunner
 
@@ -112,8 +116,8 @@ def load_runner(spec: VariantSpec, default_runner: str, threads: int) -> Runner:
     if kind == "subprocess":
         from router.runner_subprocess import SubprocessRunner
 
-        return SubprocessRunner(Path(path), threads)
-    return InlineRunner(Path(path), threads)
+        return SubprocessRunner(Path(path), threads, sha256=spec.sha256, on_refused=on_refused)
+    return InlineRunner(Path(path), threads, sha256=spec.sha256)
 
 
 def baseline_of(specs: Sequence[VariantSpec]) -> VariantSpec | None:

@@ -75,7 +75,9 @@ class Sample:
                     the runner of kind `runner`; only a reading with `memory_exact` is a measurement of the
                     model's own cost: without it the runner cannot measure that (inline, remote) and the
                     figures are 0 (so is a sample of a router older than the flag: its reading may be an estimate);
-    kind "feedback": a label joined to a stored prediction (`correct`).
+    kind "feedback": a label joined to a stored prediction (`correct`);
+    kind "cannot_serve": a variant of the split that the router does not serve, and why (`reason`: its load
+                    failed, its artifact failed the integrity check, ...), sent while that lasts.
     Latencies are the runner's own time (`latency_ms`) and the whole request (`total_ms`).
     """
 
@@ -98,6 +100,7 @@ class Sample:
     correct: bool | None = None
     runner: str = ""  # memory samples: inline | subprocess | http
     memory_exact: bool = False
+    reason: str = ""  # cannot_serve samples
 
     def to_bytes(self) -> bytes:
         return orjson.dumps({k: getattr(self, k) for k in _SAMPLE_FIELDS})
