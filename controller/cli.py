@@ -7,55 +7,16 @@ version first and sends it as If-Match, so a concurrent change still answers 409
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelroll.errors import Conflict, Forbidden, InvalidInput, ModelrollError, NotFound, Unauthorized, Unavailable
-from modelroll.settings import Settings
+from controller.cli_api import Api, JsonOpt, ReasonOpt, TokenOpt, UrlOpt
+from controller.cli_pipeline import register_pipeline
+from modelroll.errors import InvalidInput, NotFound
 from modelroll.types import MemorySource
-
-_ERRORS: dict[int, type[ModelrollError]] = {400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound,
-                                            409: Conflict, 428: Conflict, 503: Unavailable}
-
-UrlOpt = Annotated[str | None, typer.Option("--url", help="Controller base URL; default from settings.")]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="Bearer token; default $MODELROLL_TOKEN.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the API's JSON answer.")]
-ReasonOpt = Annotated[str, typer.Option("--reason", help="Why; recorded in the event and the audit.")]
-
-
-class Api:
-    """A thin httpx client for the ops API that turns error answers back into modelroll errors."""
-
-    def __init__(self, settings: Settings, url: str | None, token: str | None) -> None:
-        self.base = (url or f"http://{settings.controller_host}:{settings.controller_port}").rstrip("/")
-        token = token or os.environ.get("MODELROLL_TOKEN", "")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(base_url=self.base, headers=headers, timeout=30.0)
-
-    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            response = self.client.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach the controller at {self.base}: {exc}; "
-                              "start it with `modelroll controller` or pass --url") from None
-        if response.status_code >= 400:
-            try:
-                message = str(response.json().get("error") or response.text)
-            except ValueError:
-                message = response.text or f"HTTP {response.status_code}"
-            raise _ERRORS.get(response.status_code, Unavailable)(message)
-        return response
-
-    def command(self, rollout_id: int, verb: str, body: dict[str, Any]) -> dict[str, Any]:
-        etag = self.call("GET", f"/v1/rollouts/{rollout_id}").headers.get("etag", "")
-        answer: dict[str, Any] = self.call("POST", f"/v1/rollouts/{rollout_id}/{verb}", json=body,
-                                           headers={"If-Match": etag}).json()
-        return answer
 
 
 def parse_steps(text: str, min_duration_s: float | None, min_samples: int | None) -> list[dict[str, Any]]:
@@ -220,7 +181,10 @@ def register(app: typer.Typer) -> None:
     _verb("promote", "promote", "Promote now (admin; recorded as an override).")
     _verb("abort", "abort", "Abort: all traffic back to the baseline.")
 
-    @rollout.command("set-weight")
+    register_pipeline(rollout, settings_of)
+
+    # ignore_unknown_options: "-5" is a (refused) number, not an unknown option
+    @rollout.command("set-weight", context_settings={"ignore_unknown_options": True})
     def set_weight(ctx: typer.Context, rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
                    weight_pct: Annotated[float, typer.Argument(help="Candidate share, 0-100.")],
                    reason: ReasonOpt = "", url: UrlOpt = None, token: TokenOpt = None,

@@ -262,6 +262,38 @@ def register(app: typer.Typer) -> None:
             report = load_report(session, job)
         _print(report, as_json, markdown)
 
+    @optimize.command("list")
+    def optimize_list(
+        ctx: typer.Context,
+        limit: Annotated[int, typer.Option(min=1, max=1000, help="Newest jobs first, at most this many.")] = 50,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Optimization jobs, newest first: status, model, recipes and the candidates that pass every gate."""
+        from sqlalchemy import select
+
+        from modelroll.cli import settings_of
+        from modelroll.db import CandidateReportRow, ModelRow, OptimizationJobRow, VariantRow
+
+        rows: list[dict[str, Any]] = []
+        with _sessions(settings_of(ctx))() as session:
+            for job in session.scalars(select(OptimizationJobRow).order_by(OptimizationJobRow.id.desc()).limit(limit)):
+                model = session.get(ModelRow, job.model_id)
+                passing = session.scalars(
+                    select(VariantRow.name).join(CandidateReportRow, CandidateReportRow.variant_id == VariantRow.id)
+                    .where(CandidateReportRow.job_id == job.id, CandidateReportRow.passed.is_(True))).all()
+                rows.append({"id": job.id, "model": model.name if model else None, "status": job.status,
+                             "techniques": list((job.request or {}).get("techniques", [])), "passing": list(passing),
+                             "created_at": job.created_at.isoformat(), "error": job.error})
+        if as_json:
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            typer.echo("no optimization job yet: modelroll optimize MODEL -t RECIPE")
+        for r in rows:
+            passing = ", ".join(r["passing"]) or "none"
+            typer.echo(f"job {r['id']}  {r['model']}  {r['status']}  {', '.join(r['techniques'])}  "
+                       f"passing: {passing}  {r['created_at'][:19]}" + (f"  ({r['error']})" if r["error"] else ""))
+
     app.add_typer(optimize, name="optimize")
 
     @app.command("worker")

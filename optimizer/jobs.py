@@ -261,7 +261,8 @@ def load_report(session: Session, job_id: int) -> JobReport:
     """The report of job `job_id` as stored: its status and every candidate row written so far."""
     job = session.get(OptimizationJobRow, job_id)
     if job is None:
-        raise NotFound(f"optimization job {job_id} does not exist: the controller lists jobs at GET /v1/optimizations")
+        raise NotFound(f"optimization job {job_id} does not exist: list them with `modelroll optimize list` "
+                       "(GET /v1/optimizations)")
     model = session.get(ModelRow, job.model_id)
     baseline = session.get(VariantRow, job.baseline_variant_id)
     request = OptimizationRequest.from_dict(job.request)

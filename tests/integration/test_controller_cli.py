@@ -112,3 +112,26 @@ def test_tokens_create_prints_the_secret_once_and_stores_its_hash(world: World, 
     assert run(world, url, "tokens", "revoke", "--name", "ci").exit_code == 0
     with world.client() as client:
         assert client.get("/v1/audit", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+
+
+def test_pipeline_verbs_exit_with_the_rollouts_outcome(world: World, url: str) -> None:
+    """`rollout wait` is what a CI job gates on: 0 promoted, 1 aborted, 3 timed out; `report` is Markdown."""
+    r = run(world, url, "rollout", "create", "--model", "digits", "--candidate", "int8", "--steps", "50,100")
+    assert r.exit_code == 0, r.output
+    r = run(world, url, "rollout", "wait", "1", "--timeout", "1", "--interval", "0.2")
+    assert r.exit_code == 3 and "rollout 1: pending, step 1/2" in r.output, r.output
+    assert run(world, url, "rollout", "promote", "1", role="admin").exit_code == 0
+    r = run(world, url, "rollout", "wait", "1", "--timeout", "5")
+    assert r.exit_code == 0 and "rollout 1: promoted" in r.output, r.output
+    r = run(world, url, "rollout", "create", "--model", "digits", "--candidate", "fp32", "--force")
+    assert r.exit_code == 0 and "(fp32 vs int8)" in r.output, r.output  # from what serves now: int8
+    r = run(world, url, "rollout", "set-weight", "2", "-5")
+    assert r.exit_code == 2 and "weight_pct" in r.output and "No such option" not in r.output, r.output
+    assert run(world, url, "rollout", "abort", "2").exit_code == 0
+    r = run(world, url, "rollout", "wait", "2")
+    assert r.exit_code == 1 and "rollout 2 aborted" in r.output, r.output
+    r = run(world, url, "rollout", "report", "1", "--markdown")
+    assert r.exit_code == 0 and "### Rollout 1 of `digits`: `int8` vs `fp32` — **promoted**" in r.output
+    assert f"{url}/rollouts/1" in r.output
+    r = run(world, url, "rollout", "status", "99")
+    assert r.exit_code == 1 and "list them with `modelroll rollout list`" in r.output, r.output

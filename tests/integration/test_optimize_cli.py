@@ -143,3 +143,18 @@ def test_report_of_an_unknown_job_is_not_found(cli: Cli) -> None:
 def test_worker_needs_redis(cli: Cli) -> None:
     result = cli("worker")
     assert result.exit_code == 2 and "needs MODELROLL_REDIS_URL" in result.stderr
+
+
+def test_optimize_list_shows_jobs_newest_first_with_the_candidates_that_pass(cli: Cli,
+                                                                            model: tuple[Path, Path]) -> None:
+    assert "no optimization job yet" in cli("optimize", "list").stdout
+    onnx_path, eval_path = model
+    done = cli("optimize", str(onnx_path), "--eval-data", str(eval_path), "-t", "int8", "--batch-sizes", "1",
+               "--gates", "latency=0.99")
+    assert done.exit_code == 5
+    listed = json.loads(cli("optimize", "list", "--json").stdout)
+    assert [(j["id"], j["model"], j["status"], j["techniques"], j["passing"]) for j in listed] == [
+        (1, "tiny", "succeeded", ["int8"], [])]
+    assert "job 1  tiny  succeeded  int8  passing: none" in cli("optimize", "list").stdout
+    missing = cli("optimize", "report", "7")
+    assert missing.exit_code == 1 and "list them with `modelroll optimize list`" in missing.stderr
