@@ -30,7 +30,7 @@ from router.liveness import LiveSplits
 from router.metrics import CONTENT_TYPE, NO_MODEL, NO_VARIANT, UNKNOWN_MODEL, RouterMetrics
 from router.operator_auth import OperatorTokens
 from router.protocol import decode_request, encode_response
-from router.runners import InlineRunner, Runner
+from router.runners import InlineRunner, Runner, RunnerError
 from router.samples import Recorder
 from router.table import LoadedVariant, ModelRoutes, ModelTable
 from router.variants import VariantSource
@@ -265,14 +265,23 @@ class RouterApp:
         self.metrics.sync_unsent(self.recorder.unsent)
         self.metrics.live_degraded.set(1 if self.degraded else 0)
 
-    async def _forced(self, model: str, name: str, authorization: bytes | None) -> LoadedVariant:
+    async def _forced(self, routes: ModelRoutes, name: str,
+                      authorization: bytes | None) -> tuple[LoadedVariant, str | None]:
+        """The forced variant, or the split's baseline (and the fallback's reason) when it cannot serve."""
         token = ""
         if authorization is not None and authorization[:7].lower() == b"bearer ":
             token = authorization[7:].decode("latin-1").strip()
         loop = asyncio.get_running_loop()
         if not token or not await loop.run_in_executor(self._executor, self.tokens.allows, token):
             raise Forbidden(_FORBIDDEN)
-        return await loop.run_in_executor(None, self.table.variant, model, name)
+        if name not in routes.cannot_serve:  # known not to load: not tried again per request
+            try:
+                return await loop.run_in_executor(None, self.table.variant, routes.model, name), None
+            except RunnerError as exc:
+                log.warning("forced variant %s of %s cannot be loaded, the baseline answers: %s", name,
+                            routes.model, exc)
+        self.inference.fallback(routes, name, "unavailable")
+        return routes.fallback, "unavailable"
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, start: float, model: str,
                      version: str | None) -> None:
@@ -294,14 +303,18 @@ class RouterApp:
                 header_id = value.decode("latin-1")
         if version is not None:
             forced_name = version
-        forced = await self._forced(model, forced_name, authorization) if forced_name is not None else None
+        forced = fallen = None
+        if forced_name is not None:
+            forced, fallen = await self._forced(routes, forced_name, authorization)
         body = await asgi.read_body(receive, declared, self._max_body)
         request = decode_request(body, _header_length(header_length), routes.signature)
         request_id = request.id or header_id or f"{self._id_prefix}{next(self._ids):x}"
-        variant, outputs = await self.inference.run(routes, request, request_id, key, forced, ts, start)
+        variant, outputs, fell = await self.inference.run(routes, request, request_id, key, forced, ts, start)
         payload, json_length = encode_response(model, variant.name, request_id, outputs, request)
         extra = [(b"x-request-id", request_id.encode("latin-1", "replace")),
                  (b"x-modelroll-variant", variant.name.encode())]
+        if fell := fell or fallen:  # a forced variant could not answer: the split's baseline did
+            extra.append((b"x-modelroll-fallback", fell.encode()))
         if json_length is None:
             content_type = asgi.JSON
         else:

@@ -1,7 +1,9 @@
 """The inference hot path: choose a variant, run it off the event loop, fall back, mirror, record.
 
 A candidate that errors or times out never reaches the client: the baseline answers, the
-fallback is counted and the candidate's error sample recorded (its breaker may eject it).
+fallback is counted and the candidate's error sample recorded (its breaker may eject it). A variant
+forced by an operator is no different, except that the answer says it came from the baseline
+(`run` returns the fallback's reason; the app puts it in `x-modelroll-fallback`).
 In a shadow step the baseline answers and the candidate runs the same inputs in the
 background, bounded; both samples carry the same request id.
 """
@@ -109,13 +111,16 @@ class Inference:
             routes.model, variant.name, ts, routes.rollout_id, routes.step, request_id, latency_ms,
             latency_ms, status, 0.0, request.batch_size, False, None, False))
 
-    def _fallback(self, routes: ModelRoutes, chosen: str, reason: str) -> None:
+    def fallback(self, routes: ModelRoutes, chosen: str, reason: str) -> None:
+        """Count one request that the split's baseline answered instead of `chosen`."""
         self.fallbacks += 1
         self._metrics.fallbacks.labels(routes.model, chosen, reason).inc()
 
     async def run(self, routes: ModelRoutes, request: InferRequest, request_id: str, key: str | None,
-                  forced: LoadedVariant | None, ts: float, start: float) -> tuple[LoadedVariant, Tensors]:
-        """Answer one request; raises only for the client's bad input or a failing baseline/forced variant."""
+                  forced: LoadedVariant | None, ts: float,
+                  start: float) -> tuple[LoadedVariant, Tensors, str | None]:
+        """Answer one request: the variant that answered, its outputs, and why the baseline answered a forced
+        request (None otherwise); raises only for the client's bad input or a failing baseline."""
         fallback = routes.fallback
         if forced is not None:
             variant = forced
@@ -123,10 +128,10 @@ class Inference:
             name = routes.split.choose(routes.model, key)
             found = routes.variants.get(name)
             if found is None:
-                self._fallback(routes, name, "unavailable")
+                self.fallback(routes, name, "unavailable")
                 variant = fallback
             elif found.breaker.ejected and found is not fallback:
-                self._fallback(routes, name, "ejected")
+                self.fallback(routes, name, "ejected")
                 variant = fallback
             else:
                 variant = found
@@ -135,7 +140,8 @@ class Inference:
         # In a shadow step every run goes through the pool: an inline run never yields to the event loop, and
         # the mirrors of earlier requests (on the shadow pool) need it to finish and free their slots.
         inline = routes.shadow is None
-        if variant is not fallback and forced is None:
+        forced_fallback: str | None = None
+        if variant is not fallback:  # chosen or forced: the candidate's deadline, and the baseline if it fails
             outputs, latency_ms, cpu_ms, error = await self._call(variant, request.inputs, self._timeout_s,
                                                                   self._executor, inline)
             if error is None:
@@ -151,7 +157,10 @@ class Inference:
             if candidate_error is not None:
                 failed, failed_ms, failed_error = candidate_error
                 self._failed(routes, failed, request, request_id, ts, failed_ms, failed_error)
-                self._fallback(routes, failed.name, "timeout" if isinstance(failed_error, RunnerTimeout) else "error")
+                reason = "timeout" if isinstance(failed_error, RunnerTimeout) else "error"
+                self.fallback(routes, failed.name, reason)
+                if forced is not None:
+                    forced_fallback = reason
             if error is not None:
                 self._failed(routes, variant, request, request_id, ts, latency_ms, error)
                 raise Unavailable(f"variant {variant.name!r} of model {routes.model!r} failed: {error}")
@@ -173,7 +182,7 @@ class Inference:
             task = asyncio.create_task(self._mirror(routes, shadow, request, record))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return variant, outputs
+        return variant, outputs, forced_fallback
 
     async def _mirror(self, routes: ModelRoutes, variant: LoadedVariant, request: InferRequest,
                       pair: RequestRecord) -> None:

@@ -1,5 +1,5 @@
 """Every load of an artifact is checked, restarts included: a changed candidate is refused, its traffic goes to the
-split's baseline, readiness and the samples say why."""
+split's baseline, readiness and the samples say why; a forced request whose variant cannot answer falls back."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from modelroll.live.base import SplitConfig
 from modelroll.live.memory import MemoryChannel
 from router.runner_subprocess import SubprocessRunner, child_pids
 from router.runners import RunnerError, RunnerRefused
-from router.variants import CatalogVariantSource
+from router.variants import CatalogVariantSource, StaticVariantSource, VariantSpec
 from tests.router_fixtures import (
     SampleLog,
     client,
@@ -36,6 +36,8 @@ from tests.router_fixtures import (
 __all__ = ["digits_paths"]
 
 pytestmark = pytest.mark.timeout(180)
+
+ADMIN = {"Authorization": "Bearer root-secret"}
 
 
 def tampered_bytes(path: Path) -> bytes:
@@ -123,6 +125,10 @@ def test_a_subprocess_runner_restarted_on_a_changed_artifact_refuses_it_and_says
                 split = app.table.routes["digits"].split
                 int8_share = sum(split.choose("digits", f"u{i}") == "int8" for i in range(60))
                 assert _fallbacks((await c.get("/metrics")).text)[("int8", "unavailable")] == int8_share > 0
+                forced = await c.post("/v2/models/digits/versions/int8/infer", content=infer_body(rows),
+                                      headers=ADMIN)
+                assert forced.status_code == 200 and forced.headers["x-modelroll-variant"] == "baseline"
+                assert forced.headers["x-modelroll-fallback"] == "unavailable"
         run(go())
         assert runner.refused.startswith("artifact hash mismatch") and child_pids(runner) == []
         reports = log.wait(lambda s: any(x.kind == "cannot_serve" for x in s))
@@ -179,3 +185,32 @@ def test_a_plain_file_changed_under_a_subprocess_runner_is_refused_on_restart(
     with pytest.raises(RunnerRefused, match="artifact hash mismatch"):  # a first start given the hash refuses too
         SubprocessRunner(path, sha256=_sha(digits_paths["int8"]))
 
+
+def test_a_forced_request_whose_runner_just_died_is_answered_by_the_baseline_and_says_so(
+        tmp_path: Path, digits_paths: dict[str, Path]) -> None:
+    channel = MemoryChannel()
+    rows, _ = digits_rows(1)
+    source = StaticVariantSource([VariantSpec("digits", "baseline", "baseline", digits_paths["baseline"]),
+                                  VariantSpec("digits", "int8", "candidate", digits_paths["int8"],
+                                              runner="subprocess")])
+    settings = router_settings(tmp_path, admin_token="root-secret", router_breaker_failures=1000)
+    with running_app(settings, channel, source) as app:
+        _publish(app, channel, SplitConfig("digits", {"baseline": 90.0, "int8": 10.0}, rollout_id=2, step=1))
+        runner = app.table.routes["digits"].variants["int8"].runner
+
+        async def go() -> None:
+            async with client(app) as c:
+                for url, headers in (("/v2/models/digits/versions/int8/infer", ADMIN),
+                                     ("/v2/models/digits/infer", {**ADMIN, "x-modelroll-variant": "int8"})):
+                    answer = await c.post(url, content=infer_body(rows), headers=headers)
+                    assert answer.status_code == 200 and answer.headers["x-modelroll-variant"] == "int8"
+                    assert "x-modelroll-fallback" not in answer.headers
+                    os.kill(child_pids(runner)[0], signal.SIGKILL)
+                    answer = await c.post(url, content=infer_body(rows), headers=headers)
+                    assert answer.status_code == 200, answer.text
+                    assert answer.headers["x-modelroll-variant"] == "baseline"
+                    assert answer.headers["x-modelroll-fallback"] == "error"
+                    assert answer.json()["model_version"] == "baseline"
+                    wait_for(lambda: child_pids(runner), 60, "the child restarted")
+                assert _fallbacks((await c.get("/metrics")).text)[("int8", "error")] == 2
+        run(go())
