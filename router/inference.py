@@ -5,7 +5,9 @@ fallback is counted and the candidate's error sample recorded (its breaker may e
 forced by an operator is no different, except that the answer says it came from the baseline
 (`run` returns the fallback's reason; the app puts it in `x-modelroll-fallback`).
 In a shadow step the baseline answers and the candidate runs the same inputs in the
-background, bounded; both samples carry the same request id.
+background, bounded; both samples carry the same request id. A result holding NaN or ±Inf is
+a failed call (V2 has no such value to answer): the baseline answers instead of a candidate, and
+when the baseline's own result holds one, the input is the cause and the client gets a 400.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from modelroll.errors import InvalidInput, Unavailable
+from router.finite import NON_FINITE_HINT, NonFiniteOutput, non_finite_output
 from router.metrics import RouterMetrics
 from router.protocol import InferRequest
 from router.records import RequestRecord
@@ -47,7 +50,11 @@ def _on_time(outputs: Tensors, elapsed_s: float, cpu_ms: float, timeout_s: float
         # end): late is a timeout all the same.
         late = RunnerTimeout(f"answered after {elapsed_s:.4f}s, past the {timeout_s}s deadline")
         return None, elapsed_s * 1000.0, cpu_ms, late
-    return outputs, model_ms if model_ms is not None else elapsed_s * 1000.0, cpu_ms, None
+    latency_ms = model_ms if model_ms is not None else elapsed_s * 1000.0
+    bad = non_finite_output(outputs)
+    if bad is not None:
+        return None, latency_ms, cpu_ms, NonFiniteOutput(bad)
+    return outputs, latency_ms, cpu_ms, None
 
 
 class Inference:
@@ -154,6 +161,9 @@ class Inference:
                                                                   inline)
             if isinstance(error, RunnerBadInput):
                 raise InvalidInput(str(error))  # the baseline refuses it too: the client's fault, not the candidate's
+            if isinstance(error, NonFiniteOutput):
+                raise InvalidInput(f"model {routes.model!r} (version {variant.name!r}) answered NaN or ±Inf in "
+                                   f"output {error.output!r} for this input, which V2 cannot carry: {NON_FINITE_HINT}")
             if candidate_error is not None:
                 failed, failed_ms, failed_error = candidate_error
                 self._failed(routes, failed, request, request_id, ts, failed_ms, failed_error)

@@ -197,3 +197,58 @@ def test_bad_binary_requests_are_refused_with_a_reason() -> None:
                                           "parameters": {"binary_data_size": 6}}]})
     with pytest.raises(InvalidInput, match="runs past binary_data_size"):
         decode_request(bad_bytes + b"\x09\0\0\0ab", len(bad_bytes), bsig)
+
+
+def _req(name: str, datatype: str, data: object, **extra: object) -> bytes:
+    return orjson.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": [1, 3], "data": data}], **extra})
+
+
+def _only(*names: str) -> Signature:
+    return Signature(tuple(SIG.input_by_name[n] for n in names), SIG.outputs)
+
+
+@pytest.mark.parametrize(("datatype", "data", "message"), [
+    ("FP32", [1.0, 1e39, 2.0], "values must fit FP32 [-3.4028235e+38, 3.4028235e+38], got 1e+39"),
+    ("FP32", [[1.0, -1e39, 2.0]], "got -1e+39"),
+    ("FP16", [1.0, 70000.0, 2.0], "values must fit FP16 [-65504, 65504], got 70000.0"),
+    ("FP16", [[1, 2, -70000]], "got -70000.0"),
+])
+def test_json_numbers_a_float_datatype_cannot_hold_are_refused(datatype: str, data: object, message: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        decode_request(_req(f"in_{datatype.lower()}", datatype, data), None, _only(f"in_{datatype.lower()}"))
+    assert message in err.value.message
+    fits = decode_request(_req("in_fp64", "FP64", [1e300, -1e300, 3e38]), None, _only("in_fp64")).inputs["in_fp64"]
+    assert fits.tolist() == [[1e300, -1e300, 3e38]]
+
+
+@pytest.mark.parametrize("datatype", ["UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64"])
+@pytest.mark.parametrize("data", [[1, True, 2], [False, 0, 1], [[1, 2, True]], [True, True, True]])
+def test_booleans_are_refused_for_every_numeric_datatype(datatype: str, data: object) -> None:
+    expected = "numbers" if datatype.startswith("FP") else "integers"
+    with pytest.raises(InvalidInput, match=f"{datatype} data must be {expected}, got (true/false|bool values)"):
+        decode_request(_req(f"in_{datatype.lower()}", datatype, data), None, _only(f"in_{datatype.lower()}"))
+
+
+def test_true_and_false_elsewhere_in_a_request_leave_numbers_alone() -> None:
+    body = _req("in_fp32", "FP32", [0.5, 1, 2], id="true false", outputs=[
+        {"name": "out_fp32", "parameters": {"binary_data": True}}], parameters={"binary_data_output": False})
+    assert decode_request(body, None, _only("in_fp32")).inputs["in_fp32"].tolist() == [[0.5, 1.0, 2.0]]
+    both = orjson.dumps({"inputs": [
+        {"name": "in_bool", "datatype": "BOOL", "shape": [1, 3], "data": [True, False, True]},
+        {"name": "in_int8", "datatype": "INT8", "shape": [1, 3], "data": [1, 0, 1]}]})
+    decoded = decode_request(both, None, _only("in_bool", "in_int8")).inputs
+    assert decoded["in_bool"].dtype == np.bool_ and decoded["in_int8"].tolist() == [[1, 0, 1]]
+    # many strings full of 'u' and 'l' before the data: the cheap look gives up and the exact check still finds it
+    noisy = orjson.dumps({"id": "fullull lulu " * 40, "inputs": [
+        {"name": "in_bytes", "datatype": "BYTES", "shape": [2], "data": ["lull", "ululate"]},
+        {"name": "in_fp32", "datatype": "FP32", "shape": [1, 3], "data": [1.0, 2.0, False]}]})
+    with pytest.raises(InvalidInput, match="got true/false"):
+        decode_request(noisy, None, _only("in_bytes", "in_fp32"))
+
+
+def test_a_boolean_in_binary_request_json_is_refused_too() -> None:
+    header = orjson.dumps({"inputs": [
+        {"name": "in_fp32", "datatype": "FP32", "shape": [1, 3], "data": [1.0, True, 3.0]},
+        {"name": "in_int8", "datatype": "INT8", "shape": [1, 3], "parameters": {"binary_data_size": 3}}]})
+    with pytest.raises(InvalidInput, match="got true/false"):
+        decode_request(header + b"\x01\x02\x03", len(header), _only("in_fp32", "in_int8"))
