@@ -4,7 +4,8 @@ A window holds one variant of one rollout step over `window_s` seconds; its `dat
 memory readings and labels by request id, so every decision can be replayed from the windows alone. Memory:
 exact readings under `memory_exact_bytes`, and per runner kind the readings of runners that cannot measure
 (`memory_unmeasured`); the `memory_bytes` of rows written before that distinction is read by nothing, since
-it may hold estimates.
+it may hold estimates. A router's report that it cannot serve the variant is kept as `cannot_serve` (the
+newest reason, when, how many reports).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Window:
     labels: dict[str, bool] = field(default_factory=dict)
     total_sum_ms: float = 0.0
     memory_unmeasured: dict[str, int] = field(default_factory=dict)
+    cannot_serve: dict[str, Any] = field(default_factory=dict)  # {"reason", "at", "reports"} of the newest report
 
     def add(self, sample: Sample) -> None:
         if sample.kind == "request":
@@ -84,6 +86,9 @@ class Window:
                 self.memory_bytes_max = max(self.memory_bytes_max, int(sample.memory_bytes))
             else:
                 self.memory_unmeasured[sample.runner] = self.memory_unmeasured.get(sample.runner, 0) + 1
+        elif sample.kind == "cannot_serve":
+            self.cannot_serve = _newer_report(self.cannot_serve, {"reason": sample.reason, "at": sample.ts,
+                                                                  "reports": 1})
         elif sample.kind == "feedback" and sample.correct is not None:
             self.labelled += 1
             self.correct += int(bool(sample.correct))
@@ -105,7 +110,24 @@ class Window:
         data["memory_unmeasured"] = _add_counts(data.get("memory_unmeasured", {}), self.memory_unmeasured)
         data["labels"] = {**data.get("labels", {}), **self.labels}
         data["total_sum_ms"] = float(data.get("total_sum_ms", 0.0)) + self.total_sum_ms
+        if self.cannot_serve:
+            data["cannot_serve"] = _newer_report(data.get("cannot_serve", {}), self.cannot_serve)
         row.data = data  # a new dict, so the ORM sees the change
+
+
+def _newer_report(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Two cannot-serve reports as one (either may be {}: none): the newer one's reason and time, both counts."""
+    if not a or not b:
+        return dict(a or b)
+    newer = b if float(b["at"]) >= float(a["at"]) else a
+    return {"reason": newer["reason"], "at": newer["at"], "reports": int(a["reports"]) + int(b["reports"])}
+
+
+def _cannot_serve(windows: Iterable[SampleWindowRow]) -> str:
+    newest: dict[str, Any] = {}
+    for w in windows:
+        newest = _newer_report(newest, (w.data or {}).get("cannot_serve", {}))
+    return str(newest.get("reason", ""))
 
 
 def _add_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
@@ -152,6 +174,7 @@ def observations(windows: Sequence[SampleWindowRow], baseline: str, candidate: s
             offline_memory_bytes=offline,
             memory_unmeasured=functools.reduce(_add_counts, ((w.data or {}).get("memory_unmeasured", {})
                                                              for w in mine), {}),
+            cannot_serve=_cannot_serve(mine),
         )
 
     def labels(variant: str) -> dict[str, bool]:

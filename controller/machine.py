@@ -54,6 +54,23 @@ COMMANDS: Mapping[str, CommandRule] = {
 
 
 @dataclass(frozen=True, slots=True)
+class AutoRule:
+    """What the machine does by itself on a signal from the routers, in which phases, and its event's kind."""
+
+    to: Phase
+    kind: str
+    phases: frozenset[Phase]
+
+
+# Signals that end or hold a rollout whatever its statistics say. "cannot_serve": a router reports that the
+# candidate cannot serve (its artifact failed the integrity check, it cannot be loaded): no evidence can come,
+# so the rollout fails at once, paused or not, and production stays what served before.
+AUTOMATIC: Mapping[str, AutoRule] = {
+    "cannot_serve": AutoRule(Phase.FAILED, "failed", frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED})),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     """A manual action from the API: kind is one of COMMANDS."""
 
@@ -72,6 +89,7 @@ class Evaluation:
     verdict: Verdict
     step_samples_baseline: int = 0
     step_samples_candidate: int = 0
+    candidate_cannot_serve: str = ""  # why a router cannot serve the candidate ("" = no such report)
 
     @property
     def step_samples(self) -> int:
@@ -185,12 +203,15 @@ def result_to_dict(result: CriterionResult) -> dict[str, Any]:
 def _evidence(evaluation: Evaluation | None) -> dict[str, Any]:
     if evaluation is None:
         return {}
-    return {
+    out: dict[str, Any] = {
         "verdict": evaluation.verdict.value,
         "results": [result_to_dict(r) for r in evaluation.results],
         "step_samples": {"baseline": evaluation.step_samples_baseline,
                          "candidate": evaluation.step_samples_candidate},
     }
+    if evaluation.candidate_cannot_serve:
+        out["cannot_serve"] = {"candidate": evaluation.candidate_cannot_serve}
+    return out
 
 
 def _move(state: RolloutState, to: Phase, *, kind: str, actor: str, reason: str, now: datetime,
@@ -256,6 +277,12 @@ def _decide(state: RolloutState, now: datetime, evaluation: Evaluation | None) -
                      started_at=now, step_started_at=now, step_index=0)
     if evaluation is None:
         return Transition(state)
+    rule = AUTOMATIC["cannot_serve"]
+    if evaluation.candidate_cannot_serve and state.phase in rule.phases:
+        return _move(state, rule.to, kind=rule.kind, actor=CONTROLLER, now=now,
+                     reason=f"{rule.to.value} at {_describe_state(state)}: candidate {spec.candidate!r} cannot serve "
+                            f"({evaluation.candidate_cannot_serve}); {spec.baseline!r} serves all traffic",
+                     evidence=_evidence(evaluation), hold="", resume_phase=None)
     # A pause holds the schedule, not the safety net: a failing criterion still rolls back.
     if evaluation.verdict is Verdict.FAIL:
         failing = [r for r in evaluation.results if r.verdict is Verdict.FAIL]

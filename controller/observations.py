@@ -21,6 +21,7 @@ class ArmObservations:
     offline_memory_bytes: int | None = None  # the optimizer's offline figure: shown beside, or gated on
     # runner kind -> memory samples from runners that cannot measure the model's own memory (no figure)
     memory_unmeasured: Mapping[str, int] = field(default_factory=dict)
+    cannot_serve: str = ""  # the newest reason a router gave for not serving this arm ("" = never reported)
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,7 +184,7 @@ class Reconciler:
         results = self.evaluate(spec.criteria, obs)
         verdict = self.overall(results)
         base_n, cand_n = aggregate.step_counts(session, row.id, state.step_index, spec.baseline, spec.candidate)
-        evaluation = Evaluation(tuple(results), verdict, base_n, cand_n)
+        evaluation = Evaluation(tuple(results), verdict, base_n, cand_n, obs.candidate.cannot_serve)
         record = {
             "at": now.isoformat(), "looks": looks, "verdict": verdict.value, "step_index": state.step_index,
             "results": [result_to_dict(r) for r in results],
@@ -193,6 +193,9 @@ class Reconciler:
                             "correct": arm.correct, "latency_n": int(arm.latency_ms.size)}
                      for name, arm in (("baseline", obs.baseline), ("candidate", obs.candidate))},
             "paired": obs.paired.n,
+            "cannot_serve": {name: arm.cannot_serve for name, arm in (("baseline", obs.baseline),
+                                                                      ("candidate", obs.candidate))
+                             if arm.cannot_serve},
         }
         return evaluation, record
 

@@ -132,3 +132,24 @@ def test_fresh_skips_samples_already_folded() -> None:
     kept, cursor = fresh(["10-0", "9-3"], s[:2], None)
     assert len(kept) == 2 and cursor == "10-0"
     assert id_key("10-0") > id_key("9-99")
+
+
+def cannot(variant: str, ts: float, reason: str) -> Sample:
+    return Sample(kind="cannot_serve", model="digits", variant=variant, ts=ts, rollout_id=4, step=1, status="error",
+                  reason=reason)
+
+
+def test_cannot_serve_reports_keep_the_newest_reason_across_windows_and_merges() -> None:
+    samples = [cannot("int8", 100.0, "old reason"), cannot("int8", 112.0, "artifact hash mismatch: newest"),
+               cannot("int8", 101.0, "late but older")]
+    windows, skipped = fold(samples, ROUTES, BY_MODEL)
+    assert skipped == 0 and all(w.requests == 0 for w in windows.values())  # a report is no request
+    stored = rows(windows)
+    assert sorted(r.data["cannot_serve"]["reports"] for r in stored) == [1, 2]
+    w = Window()
+    w.add(cannot("int8", 105.0, "merged into the older window, still older"))
+    w.merge_into(next(r for r in stored if r.window_start.timestamp() == 100.0))
+    obs = observations(stored, "fp32", "int8")
+    assert obs.candidate.cannot_serve == "artifact hash mismatch: newest" and obs.baseline.cannot_serve == ""
+    assert observations(rows(fold([req("int8", 100.0, 3.0)], ROUTES, BY_MODEL)[0]), "fp32", "int8") \
+        .candidate.cannot_serve == ""

@@ -8,6 +8,7 @@ import pytest
 
 from controller.machine import (
     ALLOWED,
+    AUTOMATIC,
     COMMANDS,
     Command,
     Evaluation,
@@ -125,6 +126,42 @@ def test_deadline_with_rollback_policy_rolls_back() -> None:
                        steps=(Step(50, min_duration_s=0, min_samples=1, max_duration_s=30), Step(100)))
     t = step(started(spec), at(31), ev(Verdict.UNDECIDED))
     assert t.state.phase is Phase.ROLLED_BACK and "by policy" in t.state.reason
+
+
+def cannot_serve(verdict: Verdict = Verdict.UNDECIDED, samples: int = 0) -> Evaluation:
+    return Evaluation(ev(verdict).results, verdict, samples, samples,
+                      candidate_cannot_serve="artifact hash mismatch: the bytes of artifact 1a2b… changed on disk")
+
+
+@pytest.mark.parametrize("phase_cmds", [[], [("pause", None)], [("set_weight", 30.0)]])
+def test_a_candidate_that_cannot_serve_fails_the_rollout_at_once_with_the_reason_even_when_paused(
+        phase_cmds: list[tuple[str, float | None]]) -> None:
+    s = step(started(), at(20), ev(Verdict.PASS)).state  # progressing at 10 %
+    for c in phase_cmds:
+        s = step(s, at(21), command=cmd(c[0], weight_pct=c[1])).state
+    t = step(s, at(22), cannot_serve())
+    assert t.state.phase is Phase.FAILED and t.state.hold == "" and t.state.resume_phase is None
+    event = t.events[0]
+    assert event.kind == "failed" and event.actor == "controller" and event.to_phase is Phase.FAILED
+    assert "candidate 'int8' cannot serve (artifact hash mismatch: the bytes of artifact 1a2b…" in event.reason
+    assert event.reason.endswith("'fp32' serves all traffic") and t.state.reason == event.reason
+    assert event.evidence["cannot_serve"] == {"candidate": cannot_serve().candidate_cannot_serve}
+    # production stays what served before: all traffic on the baseline, as a final split, nothing promoted
+    assert splits(t) == [PublishSplit({"fp32": 100.0}, None, 1, "fp32", final=True)]
+    assert t.state.serving == "fp32" and not [a for a in t.actions if isinstance(a, SetProduction)]
+    assert [a.kind for a in t.actions if isinstance(a, Notify)] == ["failed"]
+    assert not step(t.state, at(23), cannot_serve()).changed  # terminal
+
+
+def test_cannot_serve_wins_over_every_verdict_and_in_shadow_too() -> None:
+    shadow = started()
+    assert shadow.phase is Phase.SHADOW
+    for verdict in Verdict:
+        assert step(shadow, at(30), cannot_serve(verdict, samples=100)).state.phase is Phase.FAILED
+    rule = AUTOMATIC["cannot_serve"]
+    assert (rule.to, rule.kind) == (Phase.FAILED, "failed")
+    assert all(rule.to in ALLOWED[phase] for phase in rule.phases)  # the rule stays inside the one table
+    assert not step(shadow, at(30), ev(Verdict.UNDECIDED)).changed  # no report, no failure
 
 
 def test_pause_holds_the_schedule_and_resume_restarts_the_step_clock() -> None:
