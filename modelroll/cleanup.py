@@ -9,12 +9,8 @@ so an interrupted pass leaves files the next pass takes, never a live row withou
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import re
-import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from modelroll import garbage
+from modelroll import garbage, store_files
 from modelroll.db import (
     ArtifactRow,
     AuditEntryRow,
@@ -40,8 +36,6 @@ from modelroll.types import TERMINAL_PHASES
 
 log = logging.getLogger(__name__)
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_SHARD = re.compile(r"^[0-9a-f]{2}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,32 +108,6 @@ def purge(session: Session, cutoff: datetime, *, dry_run: bool) -> tuple[int, in
 # --- facts ---------------------------------------------------------------------------------------------
 
 
-def _entry(path: Path, name: str) -> garbage.Entry:
-    stat = path.lstat()
-    size = stat.st_size
-    if path.is_dir() and not path.is_symlink():
-        size = sum((Path(root) / f).lstat().st_size for root, _, files in os.walk(path) for f in files)
-    return garbage.Entry(name, size, datetime.fromtimestamp(stat.st_mtime, tz=UTC))
-
-
-def _listing(root: Path) -> tuple[list[garbage.Entry], list[garbage.Entry], list[garbage.Entry]]:
-    """Stored files (root/ab/ab…), extracted folders (root/.trees/<sha>) and temporary files (root/.tmp/*)."""
-    files: list[garbage.Entry] = []
-    if not root.is_dir():
-        return [], [], []
-    for shard in root.iterdir():
-        if _SHARD.fullmatch(shard.name) and shard.is_dir():
-            files += [_entry(path, path.name) for path in shard.iterdir()
-                      if _SHA256.fullmatch(path.name) and path.name.startswith(shard.name) and path.is_file()]
-    trees = [_entry(path, path.name) for path in _children(root / ".trees") if _SHA256.fullmatch(path.name)]
-    scratch = [_entry(path, path.name) for path in _children(root / ".tmp")]
-    return files, trees, scratch
-
-
-def _children(folder: Path) -> list[Path]:
-    return list(folder.iterdir()) if folder.is_dir() else []
-
-
 def read_facts(session: Session, root: Path) -> garbage.Facts:
     """Every artifact row with its live and retired referrers, the sha256s live rows name, and the disk."""
     owners: dict[int, list[tuple[str, bool]]] = {}
@@ -154,12 +122,13 @@ def read_facts(session: Session, root: Path) -> garbage.Facts:
         eval_sha = (variant.recipe or {}).get("eval_sha256")
         if isinstance(eval_sha, str):
             (live_sha256 if live else released_sha256).add(eval_sha)
-    unfinished = []
+    unfinished: list[int] = []
     for job_id, status, request in session.execute(select(OptimizationJobRow.id, OptimizationJobRow.status,
                                                           OptimizationJobRow.request)):
         eval_sha = (request or {}).get("eval_sha256")
         running = status not in FINISHED_JOB_STATES
-        unfinished += [job_id] if running else []
+        if running:
+            unfinished.append(job_id)
         if isinstance(eval_sha, str):
             (live_sha256 if running else released_sha256).add(eval_sha)
     artifacts = [
@@ -168,36 +137,13 @@ def read_facts(session: Session, root: Path) -> garbage.Facts:
                              owners=tuple(name for name, _ in owners.get(row.id, [])))
         for row in session.scalars(select(ArtifactRow).order_by(ArtifactRow.id))
     ]
-    files, trees, scratch = _listing(root)
+    files, trees, scratch = store_files.listing(root)
     return garbage.Facts(artifacts=artifacts, live_sha256=frozenset(live_sha256),
                          released_sha256=frozenset(released_sha256), files=files, trees=trees, scratch=scratch,
                          unfinished_jobs=tuple(unfinished))
 
 
 # --- the pass --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Deleter:
-    root: Path
-    errors: list[str] = field(default_factory=list)
-
-    def remove(self, path: Path) -> bool:
-        try:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            self.errors.append(f"could not delete {path}: {exc.strerror or exc}")
-            log.warning("gc could not delete path=%s why=%s", path, exc)
-            return False
-        if path.parent.parent == self.root and _SHARD.fullmatch(path.parent.name):
-            with contextlib.suppress(OSError):  # the shard folder, once empty
-                path.parent.rmdir()
-        return True
 
 
 def _mark_removed(session: Session, ids: list[int], now: datetime) -> set[int]:
@@ -249,7 +195,7 @@ def collect(sessions: sessionmaker[Session], root: Path, *, retention_days: int,
     with sessions() as session:
         facts = read_facts(session, root)
     plan = garbage.plan(facts, now, grace)
-    deleter = _Deleter(root)
+    deleter = store_files.Deleter(root)
     removing = list(plan.remove)
     if not dry_run:
         with sessions() as session, session.begin():
