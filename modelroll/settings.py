@@ -38,7 +38,12 @@ class Settings(BaseSettings):
     router_host: str = "127.0.0.1"
     router_port: int = Field(default=8080, ge=0, le=65535)
     router_threads: int = Field(default=1, ge=1, le=256, description="onnxruntime intra-op threads.")
-    router_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    router_max_body_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Largest request body the router reads: 413 above it, by "
+        "Content-Length before reading, or as soon as a streamed body passes it.")
+    router_read_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="A request body must arrive whole within this many seconds of the "
+        "router starting to read it, else 408 and the connection is closed (a client declaring more than it sends).")
     router_candidate_timeout_s: float = Field(default=2.0, gt=0)
     router_shadow_max_concurrency: int = Field(default=4, ge=0)
     router_sample_buffer: int = Field(default=100_000, ge=100)

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from modelroll.errors import Forbidden, ModelrollError, NotFound, Unavailable
+from modelroll.errors import Forbidden, ModelrollError, NotFound, PayloadTooLarge, RequestTimeout, Unavailable
 from modelroll.live.base import LiveChannel, Sample
 from modelroll.settings import Settings
 from router import asgi
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _perf = time.perf_counter
 _FORBIDDEN = "forcing a variant needs an operator or admin token"
 _INLINE_STALL_S = 0.25  # the longest an inline run may hold the event loop before the pool takes over
+_CLOSE = [(b"connection", b"close")]
 _SERVER = orjson.dumps({"name": "modelroll-router", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
 
 
@@ -70,6 +71,7 @@ class RouterApp:
         self.feedback = FeedbackJoiner(channel, self._feedback_sample)
         self.tokens = OperatorTokens(token_sessions or _LazySessions(settings), settings.admin_token)
         self._max_body = settings.router_max_body_bytes
+        self._read_timeout_s = settings.router_read_timeout_s
         self._ids = itertools.count(1)
         self._settle_loop: asyncio.AbstractEventLoop | None = None  # where a `_settle` call waits to run
         self._answered: list[tuple[str, str, float]] = []  # (model, variant, seconds) not yet in the metrics
@@ -306,7 +308,7 @@ class RouterApp:
         forced = fallen = None
         if forced_name is not None:
             forced, fallen = await self._forced(routes, forced_name, authorization)
-        body = await asgi.read_body(receive, declared, self._max_body)
+        body = await asgi.read_body(receive, declared, self._max_body, self._read_timeout_s)
         request = decode_request(body, _header_length(header_length), routes.signature)
         request_id = request.id or header_id or f"{self._id_prefix}{next(self._ids):x}"
         variant, outputs, fell = await self.inference.run(routes, request, request_id, key, forced, ts, start)
@@ -344,7 +346,7 @@ class RouterApp:
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        items = parse_items(await asgi.read_body(receive, declared, self._max_body))
+        items = parse_items(await asgi.read_body(receive, declared, self._max_body, self._read_timeout_s))
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(None, self._join_feedback, items)
         counts = {s: sum(1 for r in results if r["status"] == s) for s in ("joined", "unknown", "invalid")}
@@ -390,6 +392,8 @@ def _allow(method: str, allowed: str) -> None:
 def _error_headers(exc: ModelrollError) -> list[tuple[bytes, bytes]] | None:
     if isinstance(exc, _MethodNotAllowed):
         return [(b"allow", exc.allow.encode())]
+    if isinstance(exc, RequestTimeout | PayloadTooLarge):
+        return _CLOSE  # the rest of the body was never read: it must not be taken for the next request
     return None
 
 
