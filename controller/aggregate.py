@@ -21,7 +21,9 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from controller import window_data
 from controller.observations import ArmObservations, Observations, PairedCounts
+from controller.window_data import WindowData
 from modelroll.db import SampleCursorRow, SampleWindowRow
 from modelroll.live.base import Sample
 
@@ -123,10 +125,10 @@ def _newer_report(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return {"reason": newer["reason"], "at": newer["at"], "reports": int(a["reports"]) + int(b["reports"])}
 
 
-def _cannot_serve(windows: Iterable[SampleWindowRow]) -> str:
+def _cannot_serve(windows: Iterable[WindowData]) -> str:
     newest: dict[str, Any] = {}
     for w in windows:
-        newest = _newer_report(newest, (w.data or {}).get("cannot_serve", {}))
+        newest = _newer_report(newest, w.cannot_serve)
     return str(newest.get("reason", ""))
 
 
@@ -157,36 +159,32 @@ def fold(samples: Iterable[Sample], routes: Mapping[int, Route], by_model: Mappi
     return windows, skipped
 
 
-def observations(windows: Sequence[SampleWindowRow], baseline: str, candidate: str, looks: int = 1,
+def observations(windows: Sequence[SampleWindowRow | WindowData], baseline: str, candidate: str, looks: int = 1,
                  offline_memory_bytes: tuple[int | None, int | None] = (None, None)) -> Observations:
-    """Both arms since the rollout started (cumulative over steps), from its windows in time order;
+    """Both arms since the rollout started (cumulative over steps), from its windows in time order (rows, or the
+    window cache's compact form of them: the same observations either way);
     `offline_memory_bytes` is the optimizer's (baseline, candidate) figure, shown beside the live one."""
-    ordered = sorted(windows, key=lambda w: (w.window_start, w.id or 0))
+    ordered = sorted((w if isinstance(w, WindowData) else WindowData.of(w) for w in windows),
+                     key=lambda w: (w.window_start, w.id))
 
     def arm(variant: str, offline: int | None = None) -> ArmObservations:
         mine = [w for w in ordered if w.variant == variant]
         return ArmObservations(
-            latency_ms=np.asarray([x for w in mine for x in (w.data or {}).get("latency_ms", [])], dtype=np.float64),
+            latency_ms=window_data.concat([w.latency_ms for w in mine]),
             requests=sum(w.requests for w in mine), errors=sum(w.errors for w in mine),
-            memory_bytes=np.asarray([x for w in mine for x in (w.data or {}).get("memory_exact_bytes", [])],
-                                    dtype=np.float64),
+            memory_bytes=window_data.concat([w.memory_exact_bytes for w in mine]),
             labelled=sum(w.labelled for w in mine), correct=sum(w.correct for w in mine),
             offline_memory_bytes=offline,
-            memory_unmeasured=functools.reduce(_add_counts, ((w.data or {}).get("memory_unmeasured", {})
-                                                             for w in mine), {}),
+            memory_unmeasured=functools.reduce(_add_counts, (w.memory_unmeasured for w in mine), {}),
             cannot_serve=_cannot_serve(mine),
         )
 
-    def labels(variant: str) -> dict[str, bool]:
-        out: dict[str, bool] = {}
-        for w in ordered:
-            if w.variant == variant:
-                out.update((w.data or {}).get("labels", {}))
-        return out
+    def labels(variant: str) -> tuple[np.ndarray, np.ndarray]:
+        return window_data.merged_labels([w for w in ordered if w.variant == variant])
 
     return Observations(baseline=arm(baseline, offline_memory_bytes[0]),
                         candidate=arm(candidate, offline_memory_bytes[1]),
-                        paired=pair(labels(baseline), labels(candidate)), looks=looks)
+                        paired=window_data.paired(labels(baseline), labels(candidate)), looks=looks)
 
 
 def pair(baseline: Mapping[str, bool], candidate: Mapping[str, bool]) -> PairedCounts:
@@ -246,6 +244,8 @@ def load_windows(session: Session, rollout_id: int) -> list[SampleWindowRow]:
 class WindowCache:
     """Each active rollout's windows between reconcile ticks: a tick reads only the windows written since the last.
 
+    Held in their compact form (controller/window_data.py): a rollout's windows stay here for its whole life.
+
     Windows change only by samples merged into them (late samples can reach an old window), each write
     stamping `updated_at` with the database's clock. A read takes every window stamped since the newest
     stamp already seen, less `margin_s`: a transaction that began earlier but committed later (its stamp
@@ -254,11 +254,11 @@ class WindowCache:
 
     def __init__(self, margin_s: float = 60.0) -> None:
         self._margin = timedelta(seconds=margin_s)
-        self._rows: dict[int, dict[int, SampleWindowRow]] = {}
+        self._rows: dict[int, dict[int, WindowData]] = {}
         self._newest: dict[int, datetime] = {}
         self.last_read = 0  # windows the last `load` fetched from the database
 
-    def load(self, session: Session, rollout_id: int) -> list[SampleWindowRow]:
+    def load(self, session: Session, rollout_id: int) -> list[WindowData]:
         query = select(SampleWindowRow).where(SampleWindowRow.rollout_id == rollout_id)
         newest = self._newest.get(rollout_id)
         if newest is not None:
@@ -266,7 +266,7 @@ class WindowCache:
         rows = self._rows.setdefault(rollout_id, {})
         self.last_read = 0
         for row in session.scalars(query):
-            rows[row.id] = row
+            rows[row.id] = WindowData.of(row)
             newest = row.updated_at if newest is None else max(newest, row.updated_at)
             self.last_read += 1
         if newest is not None:

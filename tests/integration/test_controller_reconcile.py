@@ -215,7 +215,7 @@ def test_the_windows_cache_rereads_only_what_changed_and_sees_late_samples(world
         cached = cache.load(session, rollout_id)
         whole = aggregate.load_windows(session, rollout_id)
     assert cache.last_read == 4  # the two new windows and the two old ones that took the late samples
-    assert sorted((w.id, w.requests, len(w.data["latency_ms"])) for w in cached) == \
+    assert sorted((w.id, w.requests, w.latency_ms.size) for w in cached) == \
         sorted((w.id, w.requests, len(w.data["latency_ms"])) for w in whole)
     assert sum(w.requests for w in cached if w.variant == "int8") == 130
     cache.keep_only([])
