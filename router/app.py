@@ -13,12 +13,21 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
 
-from modelroll.errors import Forbidden, ModelrollError, NotFound, PayloadTooLarge, RequestTimeout, Unavailable
+from modelroll.errors import (
+    Forbidden,
+    ModelrollError,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+    Unavailable,
+)
 from modelroll.live.base import LiveChannel, Sample
 from modelroll.settings import Settings
 from router import asgi
@@ -38,9 +47,14 @@ from router.variants import VariantSource
 log = logging.getLogger(__name__)
 
 _perf = time.perf_counter
-_FORBIDDEN = "forcing a variant needs an operator or admin token"
+_UNAUTHORIZED = "forcing a variant needs an operator or admin token: send it as Authorization: Bearer <token>"
+_FORBIDDEN = ("forcing a variant needs an operator or admin token; this one is not (unknown, revoked or of another "
+              "role)")
 _INLINE_STALL_S = 0.25  # the longest an inline run may hold the event loop before the pool takes over
 _CLOSE = [(b"connection", b"close")]
+_CHALLENGE = [(b"www-authenticate", b'Bearer realm="modelroll"')]
+# The V2 data plane as it is served (router/openapi.json, static: read once, sent as is).
+_OPENAPI = Path(__file__).with_name("openapi.json").read_bytes()
 _SERVER = orjson.dumps({"name": "modelroll-router", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
 
 
@@ -210,8 +224,12 @@ class RouterApp:
             self._memory_samples_metrics_only()
             self._observe_answered()
             return await asgi.send_bytes(send, 200, self.metrics.render(), CONTENT_TYPE.encode())
+        elif path == "/openapi.json":
+            _allow(method, "GET")
+            self.metrics.count_answer(NO_MODEL, 200)
+            return await asgi.send_bytes(send, 200, _OPENAPI)
         raise NotFound(f"no endpoint {method} {path}; see /v2/models/{{name}}/infer, /v2/health/ready, "
-                       "/v1/feedback, /metrics")
+                       "/v1/feedback, /metrics, /openapi.json")
 
     def _count_refusal(self, path: str, code: int, start: float) -> None:
         """Count an error answer under a bounded model label; a refused inference request also gets its duration."""
@@ -274,7 +292,9 @@ class RouterApp:
         if authorization is not None and authorization[:7].lower() == b"bearer ":
             token = authorization[7:].decode("latin-1").strip()
         loop = asyncio.get_running_loop()
-        if not token or not await loop.run_in_executor(self._executor, self.tokens.allows, token):
+        if not token:
+            raise Unauthorized(_UNAUTHORIZED)
+        if not await loop.run_in_executor(self._executor, self.tokens.allows, token):
             raise Forbidden(_FORBIDDEN)
         if name not in routes.cannot_serve:  # known not to load: not tried again per request
             try:
@@ -394,6 +414,8 @@ def _error_headers(exc: ModelrollError) -> list[tuple[bytes, bytes]] | None:
         return [(b"allow", exc.allow.encode())]
     if isinstance(exc, RequestTimeout | PayloadTooLarge):
         return _CLOSE  # the rest of the body was never read: it must not be taken for the next request
+    if isinstance(exc, Unauthorized):
+        return _CHALLENGE
     return None
 
 

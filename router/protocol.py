@@ -230,6 +230,14 @@ def _parse_header(body: bytes, header_length: int | None) -> tuple[Any, memoryvi
     return request, binary
 
 
+def _parameters(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _fail(f"{where}'parameters' must be an object, got {type(raw).__name__}")
+    return raw
+
+
 def _parse_outputs(raw: Any, signature: Signature) -> list[tuple[str, bool | None]] | None:
     if raw is None:
         return None
@@ -241,8 +249,7 @@ def _parse_outputs(raw: Any, signature: Signature) -> list[tuple[str, bool | Non
         if not isinstance(name, str) or name not in signature.output_by_name:
             known = list(signature.output_by_name)
             raise _fail(f"requested output {name!r} is unknown; the model's outputs are {known}")
-        params = entry.get("parameters") or {}
-        binary = params.get("binary_data") if isinstance(params, dict) else None
+        binary = _parameters(entry.get("parameters"), f"output {name!r}: ").get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise _fail(f"output {name!r}: parameters.binary_data must be true or false, got {binary!r}")
         wanted.append((name, binary))
@@ -258,9 +265,7 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise _fail(f"'id' must be a string, got {type(request_id).__name__}")
-    params = request.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise _fail("'parameters' must be an object")
+    params = _parameters(request.get("parameters"), "")
     binary_default = params.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise _fail(f"parameters.binary_data_output must be true or false, got {binary_default!r}")
@@ -282,8 +287,7 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
             hint = "" if datatype in DATATYPES else f" (accepted datatypes: {ACCEPTED_DATATYPES})"
             raise _fail(f"input {name!r}: datatype {datatype!r} does not match the model's {spec.datatype}{hint}")
         shape = _check_shape(spec, entry.get("shape"))
-        in_params = entry.get("parameters") or {}
-        size = in_params.get("binary_data_size") if isinstance(in_params, dict) else None
+        size = _parameters(entry.get("parameters"), f"input {name!r}: ").get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
                 raise _fail(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")

@@ -249,12 +249,15 @@ def test_forcing_a_variant_needs_an_operator_or_admin_token(tmp_path: Path, digi
                     answer = await c.post(url, content=infer_body(rows), headers=headers)
                     return answer.status_code, answer.headers.get("x-modelroll-variant") or answer.json()["error"]
 
-                forbidden = (403, "forcing a variant needs an operator or admin token")
-                assert await force(None) == forbidden
+                anonymous = (401, "forcing a variant needs an operator or admin token: send it as Authorization: "
+                                  "Bearer <token>")
+                forbidden = (403, "forcing a variant needs an operator or admin token; this one is not (unknown, "
+                                  "revoked or of another role)")
+                assert await force(None) == anonymous
                 assert await force("tok-viewer") == forbidden
                 assert await force("tok-old") == forbidden
                 assert await force("wrong") == forbidden
-                assert await force(None, via_path=True) == forbidden
+                assert await force(None, via_path=True) == anonymous
                 assert await force("tok-op") == (200, "int8")
                 assert await force("tok-op", via_path=True) == (200, "int8")
                 assert await force("root-secret") == (200, "int8")

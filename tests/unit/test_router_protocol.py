@@ -252,3 +252,23 @@ def test_a_boolean_in_binary_request_json_is_refused_too() -> None:
         {"name": "in_int8", "datatype": "INT8", "shape": [1, 3], "parameters": {"binary_data_size": 3}}]})
     with pytest.raises(InvalidInput, match="got true/false"):
         decode_request(header + b"\x01\x02\x03", len(header), _only("in_fp32", "in_int8"))
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (_one(parameters=[]), "input 'input': 'parameters' must be an object, got list"),
+    (orjson.dumps({"parameters": 0, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                                "data": [0.5] * 64}]}), "'parameters' must be an object, got int"),
+    (orjson.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}],
+                   "outputs": [{"name": "logits", "parameters": ""}]}), "output 'logits': 'parameters' must be"),
+])
+def test_parameters_that_are_not_objects_are_refused(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        decode_request(body, None, DIGITS)
+    assert message in err.value.message
+
+
+def test_null_parameters_id_and_outputs_mean_none_given() -> None:
+    body = orjson.dumps({"id": None, "parameters": None, "outputs": None, "inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64, "parameters": None}]})
+    request = decode_request(body, None, DIGITS)
+    assert request.id is None and request.outputs is None and request.inputs["input"].shape == (1, 64)
