@@ -3,22 +3,16 @@ registered or a production variant changed straight in the database (a CLI) reac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from modelroll import catalog, production
 from modelroll.artifacts import ArtifactStore
-from tests.integration.controller_world import World, make_world
+from tests.integration.controller_world import World
 from tests.tiny_onnx import write_linear
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture()
-def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
-    yield from make_world(pg_url, redis_url, redis_prefix)
 
 
 def test_a_model_registered_in_the_database_is_published_at_the_leaders_next_look(world: World,

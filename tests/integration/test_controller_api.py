@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.integration.controller_world import World, make_world
+from tests.integration.controller_world import World
 
 pytestmark = pytest.mark.timeout(120)
 
 BODY = {"model": "digits", "baseline": "fp32", "candidate": "int8",
         "steps": [{"weight_pct": 0, "shadow": True}, {"weight_pct": 10}, {"weight_pct": 100}]}
-
-
-@pytest.fixture()
-def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
-    yield from make_world(pg_url, redis_url, redis_prefix)
-
-
-@pytest.fixture()
-def client(world: World) -> Iterator[TestClient]:
-    with world.client() as c:
-        yield c
 
 
 def created(client: TestClient, world: World) -> dict:  # type: ignore[type-arg]

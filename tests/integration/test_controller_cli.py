@@ -11,15 +11,10 @@ from typer.testing import CliRunner
 
 from controller.app import create_app
 from modelroll.cli import app as cli_app
-from tests.integration.controller_world import World, good_samples, make_world
+from tests.integration.controller_world import World, good_samples
 from tests.loopback import ServedApp
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture()
-def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
-    yield from make_world(pg_url, redis_url, redis_prefix)
 
 
 @pytest.fixture()

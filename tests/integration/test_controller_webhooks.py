@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from controller.webhooks import WebhookNotifier, outbox_counts
 from modelroll.db import WebhookOutboxRow
-from tests.integration.controller_world import World, make_world
+from tests.integration.controller_world import World
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,11 +55,6 @@ def hook() -> Iterator[Hook]:
     h = Hook(failures=2)
     yield h
     h.close()
-
-
-@pytest.fixture()
-def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
-    yield from make_world(pg_url, redis_url, redis_prefix)
 
 
 def _enqueue(world: World, notifier: WebhookNotifier, kind: str, text: str, rollout: dict[str, Any]) -> None:

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import func, select
 
 from modelroll.db import SampleWindowRow
-from tests.integration.controller_world import World, good_samples, make_world, start_rollout
+from tests.integration.controller_world import World, good_samples, start_rollout
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture()
-def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
-    yield from make_world(pg_url, redis_url, redis_prefix)
 
 
 def _requests(world: World, rollout_id: int) -> int:

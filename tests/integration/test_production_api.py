@@ -4,7 +4,6 @@ the undo changes it at once, and every bad request is a 4xx that says what serve
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,22 +11,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from modelroll.db import AuditEntryRow, ProductionRevisionRow
-from tests.integration.controller_world import World, drop_reports, make_world
+from tests.integration.controller_world import World, drop_reports
 
 pytestmark = pytest.mark.timeout(120)
 
 STEPS = [{"weight_pct": 10}, {"weight_pct": 100}]
-
-
-@pytest.fixture()
-def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
-    yield from make_world(pg_url, redis_url, redis_prefix)
-
-
-@pytest.fixture()
-def client(world: World) -> Iterator[TestClient]:
-    with world.client() as c:
-        yield c
 
 
 def _rollout(client: TestClient, world: World, **body: Any) -> dict[str, Any]:

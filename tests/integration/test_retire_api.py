@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,11 @@ from sqlalchemy import select
 
 from controller.housekeeping import Housekeeping
 from modelroll.db import ArtifactRow, SampleWindowRow
-from tests.integration.controller_world import World, make_world, start_rollout
+from tests.integration.controller_world import World, start_rollout
 
 pytestmark = pytest.mark.timeout(120)
 
 RETIRE = "/v1/models/digits/variants/{}/retire"
-
-
-@pytest.fixture()
-def world(pg_url: str, redis_url: str, redis_prefix: str) -> Iterator[World]:
-    yield from make_world(pg_url, redis_url, redis_prefix)
-
-
-@pytest.fixture()
-def client(world: World) -> Iterator[TestClient]:
-    with world.client() as c:
-        yield c
 
 
 def test_an_operator_retires_a_candidate_once_and_it_is_audited(client: TestClient, world: World) -> None:
