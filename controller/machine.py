@@ -12,19 +12,24 @@ from datetime import datetime
 from typing import Any
 
 from modelroll.errors import Conflict, Forbidden, InvalidInput
-from modelroll.types import CriterionResult, DeadlinePolicy, Phase, RolloutSpec, Verdict
+from modelroll.types import ApprovalTimeout, CriterionResult, DeadlinePolicy, Phase, RolloutSpec, Verdict
 
 ROLES = ("viewer", "operator", "admin")
 
 # Every phase change the machine may make; anything else is a bug and raises.
 ALLOWED: Mapping[Phase, frozenset[Phase]] = {
-    Phase.PENDING: frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED, Phase.ABORTED}),
+    Phase.PENDING: frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED,
+                              Phase.ABORTED}),
     Phase.SHADOW: frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED,
-                             Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED}),
+                             Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED, Phase.WAITING_APPROVAL}),
     Phase.PROGRESSING: frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED,
-                                  Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED}),
+                                  Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED, Phase.WAITING_APPROVAL}),
     Phase.PAUSED: frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTED,
-                             Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED}),
+                             Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED, Phase.WAITING_APPROVAL}),
+    # An approval step's criteria passed: approve goes on (next step or promotion), a failing criterion or the
+    # step's timeout (policy rollback) rolls back, pause and set-weight hold it, promote and abort end it.
+    Phase.WAITING_APPROVAL: frozenset({Phase.WAITING_APPROVAL, Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED,
+                                       Phase.PROMOTED, Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED}),
     Phase.PROMOTED: frozenset(),
     Phase.ROLLED_BACK: frozenset(),
     Phase.ABORTED: frozenset(),
@@ -40,16 +45,20 @@ class CommandRule:
 
 
 # The manual commands: which phases each applies to and the least role it needs.
+_UNFINISHED = frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.WAITING_APPROVAL})
+
 COMMANDS: Mapping[str, CommandRule] = {
-    "pause": CommandRule(frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING}), "operator",
-                         "pending, shadow or progressing rollouts"),
+    "pause": CommandRule(frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.WAITING_APPROVAL}),
+                         "operator", "pending, shadow, progressing or waiting_approval rollouts"),
     "resume": CommandRule(frozenset({Phase.PAUSED}), "operator", "paused rollouts"),
-    "set_weight": CommandRule(frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED}), "operator",
-                              "shadow, progressing or paused rollouts"),
-    "promote": CommandRule(frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED}), "admin",
-                           "rollouts that are not finished"),
-    "abort": CommandRule(frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED}), "operator",
-                         "rollouts that are not finished"),
+    "set_weight": CommandRule(frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.WAITING_APPROVAL}),
+                              "operator", "shadow, progressing, paused or waiting_approval rollouts"),
+    "promote": CommandRule(_UNFINISHED, "admin", "rollouts that are not finished"),
+    "abort": CommandRule(_UNFINISHED, "operator", "rollouts that are not finished"),
+    # Approve: an approval step's criteria passed and it waits; the rollout goes on to the next step (or promotes).
+    "approve": CommandRule(frozenset({Phase.WAITING_APPROVAL}), "operator", "rollouts waiting for approval"),
+    # Configure: a changed spec applied to an unfinished rollout; changes_refused() says what may not change.
+    "configure": CommandRule(_UNFINISHED, "operator", "rollouts that are not finished"),
 }
 
 
@@ -66,7 +75,8 @@ class AutoRule:
 # candidate cannot serve (its artifact failed the integrity check, it cannot be loaded): no evidence can come,
 # so the rollout fails at once, paused or not, and production stays what served before.
 AUTOMATIC: Mapping[str, AutoRule] = {
-    "cannot_serve": AutoRule(Phase.FAILED, "failed", frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED})),
+    "cannot_serve": AutoRule(Phase.FAILED, "failed", frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED,
+                                                                Phase.WAITING_APPROVAL})),
 }
 
 
@@ -79,6 +89,8 @@ class Command:
     role: str
     reason: str = ""
     weight_pct: float | None = None
+    spec: RolloutSpec | None = None  # configure: the new spec
+    verdict_seen: bool = False  # configure: the statistics have said pass or fail at some look (criteria frozen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +128,7 @@ class RolloutState:
     deadline_noted: bool = False
     seq: int = 0
     reason: str = ""
+    waiting_since: datetime | None = None  # when the current approval step began to wait
 
     @property
     def weights(self) -> dict[str, float]:
@@ -132,7 +145,7 @@ class RolloutState:
 
     @property
     def shadow(self) -> str | None:
-        live = self.phase in (Phase.SHADOW, Phase.PAUSED) and self.started_at is not None
+        live = self.phase in (Phase.SHADOW, Phase.PAUSED, Phase.WAITING_APPROVAL) and self.started_at is not None
         step = self.spec.steps[self.step_index]
         return self.spec.candidate if live and step.shadow and self.weight_pct == 0 else None
 
@@ -230,7 +243,7 @@ def _move(state: RolloutState, to: Phase, *, kind: str, actor: str, reason: str,
                                     baseline=new.serving, final=to.terminal))
     if to is Phase.PROMOTED:
         actions.append(SetProduction(variant=state.spec.candidate, actor=actor, reason=reason))
-    if notify and (to is not state.phase or kind in ("advanced", "deadline")):
+    if notify and (to is not state.phase or kind in ("advanced", "deadline")) and kind in state.spec.notify_events:
         actions.append(Notify(kind=kind, text=f"rollout {state.rollout_id} of {state.spec.model} "
                                               f"({state.spec.candidate} vs {state.spec.baseline}): {reason}"))
     return Transition(new, tuple(actions))
@@ -292,25 +305,73 @@ def _decide(state: RolloutState, now: datetime, evaluation: Evaluation | None) -
                      evidence=_evidence(evaluation), hold="", resume_phase=None)
     if state.phase is Phase.PAUSED:
         return Transition(state)
+    if state.phase is Phase.WAITING_APPROVAL:
+        return _await_approval(state, now, evaluation)
     current = spec.steps[state.step_index]
     started = state.step_started_at or now
     elapsed_s = (now - started).total_seconds()
     if (evaluation.verdict is Verdict.PASS and elapsed_s >= current.min_duration_s
             and evaluation.step_samples >= current.min_samples):
-        if state.step_index + 1 >= len(spec.steps):
-            return _move(state, Phase.PROMOTED, kind="promoted", actor=CONTROLLER, now=now,
-                         reason=f"promoted: every criterion passed at {_describe_state(state)}",
-                         evidence=_evidence(evaluation))
-        nxt = state.step_index + 1
-        phase, weight = _enter_step(nxt, spec)
-        return _move(state, phase, kind="advanced", actor=CONTROLLER, now=now,
-                     reason=f"advanced to {_describe_step(spec, nxt)}: every criterion passes after "
-                            f"{elapsed_s:.0f} s and {evaluation.step_samples} candidate samples in the step",
-                     evidence=_evidence(evaluation), step_index=nxt, weight_pct=weight,
-                     step_started_at=now, deadline_noted=False)
+        because = (f"every criterion passes after {elapsed_s:.0f} s and {evaluation.step_samples} candidate "
+                   "samples in the step")
+        if current.approval:
+            return _move(state, Phase.WAITING_APPROVAL, kind="approval_needed", actor=CONTROLLER, now=now,
+                         reason=f"waiting for approval at {_describe_state(state)}: {because}; "
+                                f"{_approval_terms(state)}",
+                         evidence=_evidence(evaluation), waiting_since=now)
+        return _go_on(state, now, actor=CONTROLLER, kind="", why=because, evidence=_evidence(evaluation))
     if current.max_duration_s is not None and elapsed_s >= current.max_duration_s:
         return _deadline(state, now, evaluation, elapsed_s)
     return Transition(state)
+
+
+def _next_words(state: RolloutState) -> str:
+    nxt = state.step_index + 1
+    return "the promotion" if nxt >= len(state.spec.steps) else _describe_step(state.spec, nxt)
+
+
+def _approval_terms(state: RolloutState) -> str:
+    """What an operator does at an approval step, and what happens if nobody does."""
+    current = state.spec.steps[state.step_index]
+    terms = (f"approve (`modelroll rollout approve {state.rollout_id} --reason ...`) to go on to "
+             f"{_next_words(state)}")
+    if current.timeout_s is None:
+        return terms + "; it waits until then"
+    then = "rolls back" if current.on_timeout is ApprovalTimeout.ROLLBACK else f"goes on to {_next_words(state)}"
+    return terms + f"; without an approval within {current.timeout_s:g} s it {then} (on_timeout: " \
+                   f"{current.on_timeout.value})"
+
+
+def _go_on(state: RolloutState, now: datetime, *, actor: str, kind: str, why: str,
+           evidence: dict[str, Any]) -> Transition:
+    """The step is done: the next step, or the promotion after the last. `kind` "" records advanced/promoted."""
+    spec = state.spec
+    if state.step_index + 1 >= len(spec.steps):
+        return _move(state, Phase.PROMOTED, kind=kind or "promoted", actor=actor, now=now,
+                     reason=f"promoted at {_describe_state(state)}: {why}", evidence=evidence,
+                     hold="", resume_phase=None, waiting_since=None)
+    nxt = state.step_index + 1
+    phase, weight = _enter_step(nxt, spec)
+    return _move(state, phase, kind=kind or "advanced", actor=actor, now=now,
+                 reason=f"advanced to {_describe_step(spec, nxt)}: {why}", evidence=evidence, step_index=nxt,
+                 weight_pct=weight, step_started_at=now, deadline_noted=False, waiting_since=None)
+
+
+def _await_approval(state: RolloutState, now: datetime, evaluation: Evaluation) -> Transition:
+    """Waiting at an approval step: nothing changes until an operator approves or the step's timeout passes."""
+    current = state.spec.steps[state.step_index]
+    since = state.waiting_since or state.step_started_at or now
+    waited_s = (now - since).total_seconds()
+    if current.timeout_s is None or waited_s < current.timeout_s:
+        return Transition(state)
+    missed = f"no approval at {_describe_state(state)} within {current.timeout_s:g} s"
+    if current.on_timeout is ApprovalTimeout.ROLLBACK:
+        return _move(state, Phase.ROLLED_BACK, kind="rolled_back", actor=CONTROLLER, now=now,
+                     reason=f"rolled back by policy: {missed} (on_timeout: rollback)",
+                     evidence=_evidence(evaluation), waiting_since=None)
+    return _go_on(state, now, actor=CONTROLLER, kind="",
+                  why=f"{missed}, and the step goes on without one (on_timeout: advance)",
+                  evidence=_evidence(evaluation))
 
 
 def _deadline(state: RolloutState, now: datetime, evaluation: Evaluation, elapsed_s: float) -> Transition:
@@ -343,6 +404,12 @@ def _apply_command(state: RolloutState, now: datetime, command: Command) -> Tran
                        f"{verb} applies to {rule.applies_to}")
     who = f" by {command.actor}" + (f": {command.reason}" if command.reason else "")
     spec = state.spec
+    if command.kind == "approve":
+        return _go_on(state, now, actor=command.actor, kind="approved",
+                      why=f"approved{who}", evidence={"approval": {"step_index": state.step_index,
+                                                                   "waiting_since": _iso(state.waiting_since)}})
+    if command.kind == "configure":
+        return _configure(state, now, command, who)
     if command.kind == "pause":
         resume = state.resume_phase if state.phase is Phase.PAUSED else state.phase
         return _move(state, Phase.PAUSED, kind="paused", actor=command.actor, now=now,
@@ -353,7 +420,8 @@ def _apply_command(state: RolloutState, now: datetime, command: Command) -> Tran
         weight = spec.steps[state.step_index].weight_pct if back is not Phase.PENDING else 0.0
         return _move(state, back, kind="resumed", actor=command.actor, now=now,
                      reason=f"resumed at {_describe_step(spec, state.step_index)}{who}",
-                     hold="", resume_phase=None, weight_pct=weight, step_started_at=now, deadline_noted=False)
+                     hold="", resume_phase=None, weight_pct=weight, step_started_at=now, deadline_noted=False,
+                     waiting_since=now if back is Phase.WAITING_APPROVAL else None)
     if command.kind == "set_weight":
         weight = _check_weight(command.weight_pct)
         resume = state.resume_phase if state.phase is Phase.PAUSED else state.phase
@@ -368,6 +436,61 @@ def _apply_command(state: RolloutState, now: datetime, command: Command) -> Tran
                  reason=f"aborted{who}", hold="", resume_phase=None)
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One part of a new spec that may not change on a rollout in its current state: the field and why."""
+
+    field: str
+    message: str
+
+
+def changes_refused(state: RolloutState, new: RolloutSpec, verdict_seen: bool) -> list[Refusal]:
+    """What a new spec may not change on this rollout: its model, baseline, candidate and deadline policy never,
+    steps already done or current never (steps ahead may), criteria once the statistics gave a verdict."""
+    old = state.spec
+    refused: list[Refusal] = []
+    if state.phase.terminal:
+        return [Refusal("spec", f"rollout {state.rollout_id} is {state.phase.value}: a finished rollout does not "
+                                "change; to roll out again, apply the document under a new metadata.name")]
+    for name in ("model", "baseline", "candidate", "on_deadline"):
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            refused.append(Refusal(f"spec.{name}", f"spec.{name} cannot change on a rollout that has begun: it is "
+                                                   f"{str(before)!r}, the document says {str(after)!r}"))
+    fixed = state.step_index + 1 if state.started_at is not None else 0  # steps done, and the current one
+    for index in range(fixed):
+        if index >= len(new.steps) or new.steps[index] != old.steps[index]:
+            where = "current" if index == state.step_index else "done"
+            refused.append(Refusal(f"spec.steps[{index}]" if index < len(new.steps) else "spec.steps",
+                                   f"step {index + 1} cannot change: it is {where} (the rollout is at step "
+                                   f"{state.step_index + 1} of {len(old.steps)}); only the steps after it may"))
+            break
+    if new.criteria != old.criteria and verdict_seen:
+        refused.append(Refusal("spec.criteria", "spec.criteria cannot change: the statistics have already given a "
+                                                "verdict on this rollout; criteria may change only before any verdict"))
+    return refused
+
+
+def _configure(state: RolloutState, now: datetime, command: Command, who: str) -> Transition:
+    new = command.spec
+    if new is None:
+        raise InvalidInput("configure needs the new spec")
+    refused = changes_refused(state, new, command.verdict_seen)
+    if refused:
+        raise Conflict(f"rollout {state.rollout_id}: " + "; ".join(r.message for r in refused))
+    old_dict, new_dict = state.spec.to_dict(), new.to_dict()
+    changed = [name for name in new_dict if new_dict[name] != old_dict[name]]
+    if not changed:
+        return Transition(state)
+    evidence = {"changed": {name: {"before": old_dict[name], "after": new_dict[name]} for name in changed}}
+    return _move(state, state.phase, kind="configured", actor=command.actor, now=now, notify=False,
+                 reason=f"spec changed ({', '.join(changed)}){who}", evidence=evidence, spec=new)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 def _check_weight(value: float | None) -> float:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
             or not 0 <= value <= 100:
@@ -377,13 +500,12 @@ def _check_weight(value: float | None) -> float:
 
 def state_to_dict(state: RolloutState) -> dict[str, Any]:
     """The JSON kept in rollouts.state (the spec lives in its own column)."""
-    def ts(value: datetime | None) -> str | None:
-        return value.isoformat() if value is not None else None
     return {
         "phase": state.phase.value, "step_index": state.step_index, "weight_pct": state.weight_pct,
-        "started_at": ts(state.started_at), "step_started_at": ts(state.step_started_at),
+        "started_at": _iso(state.started_at), "step_started_at": _iso(state.step_started_at),
         "hold": state.hold, "resume_phase": state.resume_phase.value if state.resume_phase else None,
         "deadline_noted": state.deadline_noted, "seq": state.seq, "reason": state.reason,
+        "waiting_since": _iso(state.waiting_since),
     }
 
 
@@ -399,5 +521,6 @@ def state_from_dict(rollout_id: int, spec: RolloutSpec, data: Mapping[str, Any])
         step_started_at=ts(data.get("step_started_at")), hold=str(data.get("hold", "")),
         resume_phase=Phase(resume) if resume else None, deadline_noted=bool(data.get("deadline_noted")),
         seq=int(data.get("seq", 0)), reason=str(data.get("reason", "")),
+        waiting_since=ts(data.get("waiting_since")),
     )
 

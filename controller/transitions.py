@@ -48,6 +48,7 @@ def write(session: Session, row: RolloutRow, transition: Transition, *, fencing_
     """Put the transition's state on the row, insert its events and (on promotion) make the candidate what serves,
     all in the caller's transaction."""
     state = transition.state
+    row.spec = state.spec.to_dict()  # a configure command changes it; every other transition keeps it
     row.phase = state.phase.value
     row.step_index = state.step_index
     row.weights = state.weights

@@ -7,6 +7,7 @@ All are frozen dataclasses validated on construction; an invalid value raises
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Phase(enum.StrEnum):
     SHADOW = "shadow"
     PROGRESSING = "progressing"
     PAUSED = "paused"
+    WAITING_APPROVAL = "waiting_approval"  # an approval step's criteria passed: an operator approves to go on
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
     ABORTED = "aborted"
@@ -83,6 +85,29 @@ class DeadlinePolicy(enum.StrEnum):
 
     HOLD = "hold"
     ROLLBACK = "rollback"
+
+
+class ApprovalTimeout(enum.StrEnum):
+    """What an approval step does when nobody approved within its `timeout_s`."""
+
+    ROLLBACK = "rollback"
+    ADVANCE = "advance"
+
+
+# The events a rollout can notify (the webhook), by the kind of the event it records.
+NOTIFY_EVENTS: tuple[str, ...] = (
+    "started", "advanced", "deadline", "paused", "resumed", "weight_set", "approval_needed", "approved",
+    "promoted", "override_promoted", "rolled_back", "aborted", "failed",
+)
+
+# One vocabulary for criteria and gates: the Criteria field names, which every input (CLI flags, spec documents,
+# the API) also accepts under these short names; outputs always use the field names.
+CRITERIA_ALIASES: Mapping[str, str] = {
+    "latency": "latency_reduction_min",
+    "memory": "memory_reduction_min",
+    "accuracy": "accuracy_drop_max",
+    "errors": "error_rate_tolerance",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +171,38 @@ class Criteria:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One rollout step: the candidate's traffic share, or shadow (mirrored, 0 % served)."""
+    """One rollout step: the candidate's traffic share, or shadow (mirrored, 0 % served).
+
+    An approval step (`approval`) runs like any other; once its criteria pass, the rollout waits for an operator's
+    approval before the next step (or the promotion, after the last step). `timeout_s` bounds that wait, and
+    `on_timeout` says what happens then: roll back (default) or go on as if approved.
+    """
 
     weight_pct: float
     shadow: bool = False
     min_duration_s: float = 60.0
     min_samples: int = 200
     max_duration_s: float | None = None
+    approval: bool = False
+    timeout_s: float | None = None
+    on_timeout: ApprovalTimeout = ApprovalTimeout.ROLLBACK
 
     def __post_init__(self) -> None:
+        if not isinstance(self.approval, bool):
+            raise InvalidInput(f"approval must be true or false, got {self.approval!r}")
+        try:
+            object.__setattr__(self, "on_timeout", ApprovalTimeout(self.on_timeout))
+        except ValueError:
+            raise InvalidInput(f"on_timeout must be one of {[p.value for p in ApprovalTimeout]}, got "
+                               f"{self.on_timeout!r}") from None
+        if self.timeout_s is not None:
+            if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) \
+                    or not self.timeout_s > 0:
+                raise InvalidInput(f"timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
+            if not self.approval:
+                raise InvalidInput("timeout_s bounds the wait for an approval: it needs approval: true")
+        if self.on_timeout is not ApprovalTimeout.ROLLBACK and self.timeout_s is None:
+            raise InvalidInput(f"on_timeout {self.on_timeout.value!r} needs timeout_s (and approval: true)")
         object.__setattr__(self, "weight_pct", _check_fraction("weight_pct", self.weight_pct, high=100.0))
         if self.shadow and self.weight_pct != 0:
             raise InvalidInput(
@@ -181,9 +229,42 @@ DEFAULT_STEPS: tuple[Step, ...] = (
 )
 
 
+def steps_problem(steps: Sequence[Step]) -> tuple[int | None, str] | None:
+    """What breaks the schedule's order (the step's index, or None for the whole list; why), or None when nothing
+    does: shadow steps first, then at least one traffic step, with weights going up."""
+    if not steps:
+        return None, "steps must not be empty: give at least one step, e.g. weight_pct 100"
+    seen_traffic = False
+    previous = 0.0
+    for index, step in enumerate(steps):
+        if step.shadow and seen_traffic:
+            return index, "shadow steps must come before every traffic step"
+        if not step.shadow:
+            seen_traffic = True
+            if step.weight_pct <= previous and index > 0 and not steps[index - 1].shadow:
+                return index, f"weights must go up, got {step.weight_pct} after {previous}"
+            previous = step.weight_pct
+    if not seen_traffic:
+        return None, "steps need at least one traffic step after the shadow steps"
+    return None
+
+
+def check_notify_events(events: Any) -> tuple[str, ...]:
+    if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
+        raise InvalidInput(f"notifications.events must be a list of event kinds, got {events!r}; accepted: "
+                           f"{list(NOTIFY_EVENTS)}")
+    unknown = [e for e in events if e not in NOTIFY_EVENTS]
+    if unknown:
+        raise InvalidInput(f"notifications.events: unknown event(s) {unknown}; accepted: {list(NOTIFY_EVENTS)}")
+    return tuple(e for e in NOTIFY_EVENTS if e in events)  # one order, no duplicates
+
+
 @dataclass(frozen=True, slots=True)
 class RolloutSpec:
-    """What an operator asks for: roll `candidate` out against `baseline` of `model`."""
+    """What an operator asks for: roll `candidate` out against `baseline` of `model`.
+
+    `notify_events`: which of the rollout's events post to the controller's webhook (default: all of them).
+    """
 
     model: str
     baseline: str
@@ -191,6 +272,7 @@ class RolloutSpec:
     steps: tuple[Step, ...] = DEFAULT_STEPS
     criteria: Criteria = field(default_factory=Criteria)
     on_deadline: DeadlinePolicy = DeadlinePolicy.HOLD
+    notify_events: tuple[str, ...] = NOTIFY_EVENTS
 
     def __post_init__(self) -> None:
         check_name("model", self.model)
@@ -198,22 +280,11 @@ class RolloutSpec:
         check_name("candidate", self.candidate)
         if self.baseline == self.candidate:
             raise InvalidInput(f"baseline and candidate must differ, both are {self.baseline!r}")
-        if not self.steps:
-            raise InvalidInput("steps must not be empty: give at least one step, e.g. weight_pct 100")
-        seen_traffic = False
-        previous = 0.0
-        for index, step in enumerate(self.steps):
-            if step.shadow and seen_traffic:
-                raise InvalidInput(f"step {index}: shadow steps must come before every traffic step")
-            if not step.shadow:
-                seen_traffic = True
-                if step.weight_pct <= previous and index > 0 and not self.steps[index - 1].shadow:
-                    raise InvalidInput(
-                        f"step {index}: weights must go up, got {step.weight_pct} after {previous}"
-                    )
-                previous = step.weight_pct
-        if not seen_traffic:
-            raise InvalidInput("steps need at least one traffic step after the shadow steps")
+        problem = steps_problem(self.steps)
+        if problem is not None:
+            index, why = problem
+            raise InvalidInput(why if index is None else f"step {index}: {why}")
+        object.__setattr__(self, "notify_events", check_notify_events(self.notify_events))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -223,13 +294,14 @@ class RolloutSpec:
             "steps": [step_to_dict(s) for s in self.steps],
             "criteria": criteria_to_dict(self.criteria),
             "on_deadline": self.on_deadline.value,
+            "notifications": {"events": list(self.notify_events)},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutSpec:
         if not isinstance(data, Mapping):
             raise InvalidInput(f"a rollout spec must be an object, got {type(data).__name__}")
-        known = {"model", "baseline", "candidate", "steps", "criteria", "on_deadline"}
+        known = {"model", "baseline", "candidate", "steps", "criteria", "on_deadline", "notifications"}
         unknown = set(data) - known
         if unknown:
             raise InvalidInput(f"unknown rollout field(s) {sorted(unknown)}; accepted: {sorted(known)}")
@@ -249,7 +321,17 @@ class RolloutSpec:
         return cls(
             model=data["model"], baseline=data["baseline"], candidate=data["candidate"],
             steps=steps, criteria=criteria, on_deadline=on_deadline,
+            notify_events=notifications_from_dict(data.get("notifications")),
         )
+
+
+def notifications_from_dict(data: Any) -> tuple[str, ...]:
+    """`{"events": [...]}` (None: every event) as checked event kinds."""
+    if data is None:
+        return NOTIFY_EVENTS
+    if not isinstance(data, Mapping) or set(data) - {"events"}:
+        raise InvalidInput(f"notifications must be an object with 'events' (a list of event kinds), got {data!r}")
+    return check_notify_events(data.get("events", NOTIFY_EVENTS))
 
 
 def _seq(name: str, value: Any) -> Sequence[Any]:
@@ -282,11 +364,76 @@ def step_to_dict(step: Step) -> dict[str, Any]:
         "min_duration_s": step.min_duration_s,
         "min_samples": step.min_samples,
         "max_duration_s": step.max_duration_s,
+        "approval": step.approval,
+        "timeout_s": step.timeout_s,
+        "on_timeout": step.on_timeout.value,
     }
 
 
+def canonical_criteria(data: Mapping[str, Any], where: str = "criteria") -> dict[str, Any]:
+    """The criteria with every short name (CRITERIA_ALIASES) turned into its field name; a criterion named twice
+    (short and long) is refused."""
+    out: dict[str, Any] = {}
+    short = {full: alias for alias, full in CRITERIA_ALIASES.items()}
+    for name, value in data.items():
+        key = CRITERIA_ALIASES.get(name, name)
+        if key in out:
+            raise InvalidInput(f"{where}: {key!r} is given twice, as {key!r} and as its short name {short[key]!r}: "
+                               "give it once")
+        out[key] = value
+    return out
+
+
 def criteria_from_dict(data: Any) -> Criteria:
+    if isinstance(data, Mapping):
+        data = canonical_criteria(data)
     return _from_fields("criteria", Criteria, data)  # type: ignore[no-any-return]
+
+
+def criteria_names() -> list[str]:
+    """Every accepted spelling: the field names and their short names."""
+    return sorted([*Criteria.__dataclass_fields__, *CRITERIA_ALIASES])
+
+
+def criteria_pairs(text: str, flag: str) -> dict[str, Any]:
+    """`latency=0.5,memory=0.6,accuracy=0.02` (short or field names) as {field name: value}; `flag` names the
+    option in errors (--gates, --criteria). Ranges are checked by Criteria."""
+    values: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, raw = part.partition("=")
+        name, raw = name.strip(), raw.strip()
+        key = CRITERIA_ALIASES.get(name, name)
+        if not sep or key not in Criteria.__dataclass_fields__:
+            raise InvalidInput(f"{flag}: cannot read {part!r}; write name=value with a name in {criteria_names()}")
+        if key in values:
+            raise InvalidInput(f"{flag}: {key!r} is given twice: give it once")
+        if key == "memory_source":
+            values[key] = raw
+            continue
+        try:
+            number = float(raw)
+        except ValueError:
+            raise InvalidInput(f"{flag}: {name}={raw!r} is not a number") from None
+        values[key] = int(number) if key == "min_samples" and number.is_integer() else number
+    return values
+
+
+def parse_criteria_pairs(text: str, flag: str) -> Criteria:
+    """`criteria_pairs` checked into Criteria (the defaults for what the text does not name)."""
+    return criteria_from_dict(criteria_pairs(text, flag))
+
+
+def criteria_option(text: str, flag: str) -> dict[str, Any]:
+    """A criteria option as the CLI takes it, JSON (`{"latency": 0.3}`) or pairs (`latency=0.3,alpha=0.01`), as
+    {field name: value} with short names turned into field names."""
+    if not text.lstrip().startswith("{"):
+        return criteria_pairs(text, flag)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{flag} is neither JSON nor name=value pairs: {exc}; e.g. {flag} latency=0.5,alpha=0.01 "
+                           f"or {flag} '{{\"latency\": 0.5}}'") from None
+    return canonical_criteria(data, flag)  # JSON that starts with "{" is an object
 
 
 def criteria_to_dict(criteria: Criteria) -> dict[str, Any]:
@@ -314,3 +461,7 @@ class CriterionResult:
     # What the figures are: "live" (the routers' measurements), "offline" (the optimizer's figures), or
     # "unmeasurable" (nothing this criterion may decide on: the message says why and what to do).
     source: str = "live"
+    # The confidence sequences behind the verdict, by name: {"look": [low, high], "carried": [low, high]}, this
+    # look's own interval and the running one from the looks before (None: unbounded). ci_low/ci_high are their
+    # intersection; the next look carries it, so a decision replays from its windows and this.
+    sequences: Mapping[str, Mapping[str, tuple[float | None, float | None]]] = field(default_factory=dict)

@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from modelroll.errors import InvalidInput, Unavailable
-from modelroll.types import Criteria, criteria_from_dict
+from modelroll.types import Criteria, parse_criteria_pairs
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from modelroll.settings import Settings
     from optimizer.report import JobReport
 
-GATE_ALIASES = {"latency": "latency_reduction_min", "memory": "memory_reduction_min",
-                "accuracy": "accuracy_drop_max"}
 ONNX_ONLY_RECIPES = ("int8", "int8-static")
 TORCH_RECIPES = ("int8", "int8-static", "prune:0.5,int8")
 POLL_S = 0.5
@@ -42,20 +40,9 @@ class OptimizeGroup(TyperGroup):
 
 
 def parse_gates(text: str) -> Criteria:
-    """'latency=0.5,memory=0.6,accuracy=0.02' (or the Criteria field names) into checked Criteria."""
-    values: dict[str, float] = {}
-    accepted = sorted([*GATE_ALIASES, *Criteria.__dataclass_fields__])
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, raw = part.partition("=")
-        key = GATE_ALIASES.get(name.strip(), name.strip())
-        if not sep or key not in Criteria.__dataclass_fields__:
-            raise InvalidInput(f"--gates: cannot read {part!r}; write name=value with a name in {accepted}")
-        try:
-            number = float(raw)
-        except ValueError:
-            raise InvalidInput(f"--gates: {name}={raw!r} is not a number") from None
-        values[key] = int(number) if key == "min_samples" and number.is_integer() else number
-    return criteria_from_dict(values)
+    """'latency=0.5,memory=0.6,accuracy=0.02' (or the Criteria field names) into checked Criteria: the one criteria
+    vocabulary (modelroll.types.CRITERIA_ALIASES), as `rollout create --criteria` and spec documents take it."""
+    return parse_criteria_pairs(text, "--gates")
 
 
 def _parse_batch_sizes(text: str) -> tuple[int, ...]:
