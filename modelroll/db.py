@@ -177,6 +177,8 @@ class RolloutRow(Base):
     baseline_variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id"))
     candidate_variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id"))
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # metadata.name of the document that created it (`modelroll apply`): applying the document again finds it.
+    name: Mapped[str | None] = mapped_column(String(63), unique=True, nullable=True)
     phase: Mapped[str] = mapped_column(String(16), index=True)
     step_index: Mapped[int] = mapped_column(Integer, default=0)
     weights: Mapped[dict[str, Any]] = mapped_column(default=dict)  # variant -> pct
