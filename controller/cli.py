@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.cli_api import Api, JsonOpt, ReasonOpt, TokenOpt, UrlOpt
+from controller.cli_apply import register as register_apply
 from controller.cli_pipeline import register_pipeline
 from modelroll.errors import InvalidInput, NotFound
-from modelroll.types import MemorySource
+from modelroll.types import MemorySource, criteria_option
 
 
 def parse_steps(text: str, min_duration_s: float | None, min_samples: int | None) -> list[dict[str, Any]]:
@@ -121,7 +122,9 @@ def register(app: typer.Typer) -> None:
                min_duration_s: Annotated[float | None, typer.Option(help="Every step's minimum duration.")] = None,
                min_samples: Annotated[int | None, typer.Option(help="Every step's minimum samples.")] = None,
                on_deadline: Annotated[str, typer.Option(help="hold or rollback")] = "hold",
-               criteria: Annotated[str | None, typer.Option(help='JSON, e.g. \'{"alpha": 0.01}\'')] = None,
+               criteria: Annotated[str | None, typer.Option(
+                   help="The gates, as optimize --gates and spec documents name them: latency=0.5,alpha=0.01 (or "
+                        "JSON); names: latency, memory, accuracy, errors or the full field names.")] = None,
                memory_gate: Annotated[str | None, typer.Option(
                    help="live (default): gate memory on the routers' exact readings (subprocess runner); "
                         "offline: on the optimizer's figures (for inline or remote runners).")] = None,
@@ -136,10 +139,7 @@ def register(app: typer.Typer) -> None:
         if steps is not None:
             body["steps"] = parse_steps(steps, min_duration_s, min_samples)
         if criteria is not None:
-            try:
-                body["criteria"] = json.loads(criteria)
-            except ValueError as exc:
-                raise InvalidInput(f"--criteria is not JSON: {exc}") from None
+            body["criteria"] = criteria_option(criteria, "--criteria")
         if memory_gate is not None:
             body["criteria"] = {**_criteria_object(body.get("criteria")), "memory_source": _memory_gate(memory_gate)}
         r = Api(settings_of(ctx), url, token).call("POST", "/v1/rollouts", json=body).json()
@@ -182,6 +182,7 @@ def register(app: typer.Typer) -> None:
     _verb("abort", "abort", "Abort: all traffic back to the baseline.")
 
     register_pipeline(rollout, settings_of)
+    register_apply(app, rollout, settings_of)
 
     # ignore_unknown_options: "-5" is a (refused) number, not an unknown option
     @rollout.command("set-weight", context_settings={"ignore_unknown_options": True})

@@ -17,8 +17,12 @@ from modelroll.errors import InvalidInput, NotFound
 
 # Segments of letters, digits, '_', '.', '-' that start with a letter, digit or '_' (so never '.', '..' or empty),
 # joined by '/', never starting with one; the OpenAPI document publishes the same pattern.
-RELATIVE_NPZ_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,15}\.npz$"
-_RELATIVE_NPZ = re.compile(RELATIVE_NPZ_PATTERN)
+_RELATIVE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,15}"
+RELATIVE_NPZ_PATTERN = _RELATIVE + r"\.npz$"
+RELATIVE_ONNX_PATTERN = _RELATIVE + r"\.onnx$"  # a Model document's files (POST /v1/apply)
+_PATTERNS = {".npz": re.compile(RELATIVE_NPZ_PATTERN), ".onnx": re.compile(RELATIVE_ONNX_PATTERN)}
+_EXAMPLES = {".npz": "digits/eval.npz", ".onnx": "digits/model.onnx"}
+_EVAL_DATA = "or give eval_sha256 of eval data already in the artifact store"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,15 +35,17 @@ class InputPolicy:
     def within(cls, root: Path) -> InputPolicy:
         return cls(Path(root))
 
-    def resolve(self, field: str, raw: str) -> Path:
-        """The file `raw` names, or InvalidInput (outside what may be read) / NotFound (no such file inside it)."""
+    def resolve(self, field: str, raw: str, *, suffix: str = ".npz", otherwise: str = _EVAL_DATA) -> Path:
+        """The file `raw` names, or InvalidInput (outside what may be read) / NotFound (no such file inside it).
+
+        `suffix`: the kind of file (.npz eval data, .onnx models); `otherwise`: what a caller does instead."""
         if self.root is None:
             return Path(raw).expanduser().resolve()
         refused = InvalidInput(
-            f"{field} must name an .npz file inside the controller's input root (MODELROLL_INPUT_DIR) by a relative "
-            "path such as 'digits/eval.npz' (segments of letters, digits, '_', '.', '-'; no '..', no absolute path), "
-            f"or give eval_sha256 of eval data already in the artifact store; got {raw[:200]!r}")
-        if not isinstance(raw, str) or not _RELATIVE_NPZ.fullmatch(raw):
+            f"{field} must name an {suffix} file inside the controller's input root (MODELROLL_INPUT_DIR) by a "
+            f"relative path such as {_EXAMPLES[suffix]!r} (segments of letters, digits, '_', '.', '-'; no '..', no "
+            f"absolute path), {otherwise}; got {raw[:200]!r}")
+        if not isinstance(raw, str) or not _PATTERNS[suffix].fullmatch(raw):
             raise refused
         root = self.root.resolve()
         try:
@@ -49,8 +55,8 @@ class InputPolicy:
         if not target.is_relative_to(root):  # a symlink out of the root: same answer, existing target or not
             raise refused
         if not target.is_file():
-            raise NotFound(f"{field} {raw!r}: no such .npz file in the controller's input root (MODELROLL_INPUT_DIR); "
-                           "copy it there first, or give eval_sha256 of eval data already in the artifact store")
+            raise NotFound(f"{field} {raw!r}: no such {suffix} file in the controller's input root "
+                           f"(MODELROLL_INPUT_DIR); copy it there first, {otherwise}")
         return target
 
 
