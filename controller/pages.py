@@ -30,8 +30,8 @@ from modelroll.types import Phase
 
 COOKIE = "modelroll_token"
 REFRESH_S = 5
-ACTIONS = {"pause": "operator", "resume": "operator", "set_weight": "operator", "abort": "operator",
-           "promote": "admin"}
+ACTIONS = {"approve": "operator", "pause": "operator", "resume": "operator", "set_weight": "operator",
+           "abort": "operator", "promote": "admin"}
 
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 templates.env.globals.update(interval_chart=interval_chart, refresh_s=REFRESH_S)
@@ -127,6 +127,7 @@ def pages_router() -> APIRouter:
             report_lines = view.report_lines(report)
             timeline = view.timeline(row.spec or {}, row.step_index, row.phase)
             offline = serving_view.created_offline(session, rollout_id, row.created_by)
+            approval = view.approval_text(row, now)
         markers = view.step_markers(lines)
         classes = {summary.baseline: "baseline", summary.candidate: "candidate"}
         charts = [
@@ -143,6 +144,7 @@ def pages_router() -> APIRouter:
             "who": who, "r": summary, "cards": cards, "fmt_for": _fmt_for, "events": list(reversed(lines)),
             "charts": charts, "report": report, "report_lines": report_lines, "timeline": timeline, "actions": actions,
             "evaluation": evaluation, "offline": offline, "done": request.query_params.get("done", ""),
+            "approval": approval,
             "error": request.query_params.get("error", ""), "anonymous": who.actor == ANONYMOUS,
         })
 
@@ -157,6 +159,9 @@ def pages_router() -> APIRouter:
         if action not in ACTIONS:
             raise NotFound(f"unknown action {action!r}; accepted: {', '.join(ACTIONS)}")
         target = f"/rollouts/{rollout_id}"
+        if action == "approve" and not reason.strip():
+            return RedirectResponse(f"{target}?error={quote('an approval needs a reason: say why it may go on')}",
+                                    status_code=303)
         try:
             apply_command(ctx, who, rollout_id, version, action, reason or "from the status page", weight_pct)
         except ModelrollError as exc:

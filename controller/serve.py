@@ -36,7 +36,7 @@ def serve(settings: Settings, host: str, port: int, *, reconcile: bool = True) -
     engine = make_engine(settings)
     channel = open_channel(settings)
     session_factory = make_session_factory(engine)
-    notifier = WebhookNotifier(settings.webhook_url, session_factory)
+    notifier = WebhookNotifier(settings.webhook_url, session_factory, pages_url=settings.status_page_url)
     reconciler = Reconciler(settings, channel, session_factory, notifier=notifier) if reconcile else None
     app = create_app(settings, channel, session_factory, reconciler=reconciler, notifier=notifier)
     housekeeping = None

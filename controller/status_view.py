@@ -29,6 +29,7 @@ PHASE_WORDS = {
     "shadow": "in shadow (mirrored, not served)",
     "progressing": "rolling out",
     "paused": "paused",
+    "waiting_approval": "waiting for approval",
     "promoted": "promoted",
     "rolled_back": "rolled back",
     "aborted": "aborted",
@@ -86,7 +87,7 @@ def summarize(row: RolloutRow, now: datetime) -> RolloutSummary:
     steps = spec.get("steps", [])
     state = row.state or {}
     step = steps[row.step_index] if 0 <= row.step_index < len(steps) else {}
-    shadow = spec.get("candidate") if step.get("shadow") and row.phase in ("shadow", "paused") \
+    shadow = spec.get("candidate") if step.get("shadow") and row.phase in ("shadow", "paused", "waiting_approval") \
         and not state.get("weight_pct") and state.get("started_at") else None
     what = "shadow" if step.get("shadow") else f"{float(step.get('weight_pct', 0)):g} %"
     return RolloutSummary(
@@ -97,6 +98,32 @@ def summarize(row: RolloutRow, now: datetime) -> RolloutSummary:
         age=age(row.created_at, now), why=row.last_reason or "no decision yet",
         version=row.version, terminal=row.phase in ("promoted", "rolled_back", "aborted", "failed"),
     )
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def approval_text(row: RolloutRow, now: datetime) -> str:
+    """For a rollout waiting at an approval step: since when, and what happens at its timeout ("" otherwise)."""
+    if row.phase != "waiting_approval":
+        return ""
+    steps = (row.spec or {}).get("steps", [])
+    step = steps[row.step_index] if 0 <= row.step_index < len(steps) else {}
+    since_text = (row.state or {}).get("waiting_since")
+    since = datetime.fromisoformat(since_text) if since_text else None
+    out = f"since {age(since, now)}"
+    timeout_s = step.get("timeout_s")
+    if timeout_s is None or since is None:
+        return out + "; no timeout: it waits until someone approves, promotes or aborts"
+    left = float(timeout_s) - (now - since).total_seconds()
+    then = "rolls back" if step.get("on_timeout", "rollback") == "rollback" else "goes on without it"
+    return out + f"; without an approval it {then} in {_duration(left)}"
 
 
 def list_rollouts(session: Session, now: datetime, limit: int = 200) -> list[RolloutSummary]:
@@ -236,7 +263,8 @@ def _sentence(actor: str, reason: str) -> str:
 
 def step_markers(lines: Sequence[EventLine]) -> list[tuple[datetime, str]]:
     return [(e.at, f"step {e.step_index + 1}" if e.kind in ("started", "advanced") else e.kind.replace("_", " "))
-            for e in lines if e.kind in ("started", "advanced", "weight_set", "resumed", "promoted", "rolled_back")]
+            for e in lines if e.kind in ("started", "advanced", "weight_set", "resumed", "approved", "promoted",
+                                         "rolled_back")]
 
 
 def timeline(spec: dict[str, Any], step_index: int, phase: str) -> list[dict[str, str]]:
@@ -245,6 +273,8 @@ def timeline(spec: dict[str, Any], step_index: int, phase: str) -> list[dict[str
     finished = phase in ("promoted",)
     for index, step in enumerate(spec.get("steps", [])):
         label = "shadow" if step.get("shadow") else f"{float(step.get('weight_pct', 0)):g} %"
+        if step.get("approval"):
+            label += " · approval"
         if finished or index < step_index:
             status = "done"
         elif index == step_index:

@@ -7,7 +7,8 @@ retries and exponential backoff, each rollout's in the order of its decisions; `
 keeps two controllers from posting the same row at once. Delivery is at least once: a crash between the
 endpoint's answer and the row's update posts it again, and `delivery_id` lets the receiver drop the repeat.
 
-The payload carries `text` (what Slack-compatible endpoints show) beside the structured fields.
+The payload carries `text` (what Slack-compatible endpoints show) beside the structured fields, and `url`, the
+rollout's status page (MODELROLL_PUBLIC_URL); a rollout waiting for approval says where to approve it in its text.
 """
 
 from __future__ import annotations
@@ -30,8 +31,14 @@ log = logging.getLogger(__name__)
 _BATCH = 20
 
 
-def payload(kind: str, text: str, rollout: Mapping[str, Any]) -> dict[str, Any]:
-    return {"text": f"[modelroll] {text}", "kind": kind, "rollout": dict(rollout)}
+def payload(kind: str, text: str, rollout: Mapping[str, Any], pages_url: str = "") -> dict[str, Any]:
+    url = f"{pages_url}/rollouts/{rollout['id']}" if pages_url and rollout.get("id") is not None else None
+    if url is not None and kind == "approval_needed":
+        text += f" (approve on the rollout's page: {url})"
+    out = {"text": f"[modelroll] {text}", "kind": kind, "rollout": dict(rollout)}
+    if url is not None:
+        out["url"] = url
+    return out
 
 
 def _waiting(row: Any = WebhookOutboxRow) -> Any:
@@ -58,8 +65,9 @@ class WebhookNotifier:
 
     def __init__(self, url: str, session_factory: Callable[[], Session], *, attempts: int = 5,
                  backoff_s: float = 0.5, timeout_s: float = 5.0, poll_s: float = 2.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, pages_url: str = "") -> None:
         self.url = url
+        self.pages_url = pages_url.rstrip("/")
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.poll_s = poll_s
@@ -79,7 +87,7 @@ class WebhookNotifier:
         if not self.url:
             return
         rollout_id = rollout.get("id")
-        session.add(WebhookOutboxRow(kind=kind, body=payload(kind, text, rollout),
+        session.add(WebhookOutboxRow(kind=kind, body=payload(kind, text, rollout, self.pages_url),
                                      rollout_id=int(rollout_id) if rollout_id is not None else None))
 
     def wake(self) -> None:

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     admin_token: str = Field(default="", description="Bootstrap admin bearer token.")
     allow_anonymous_viewer: bool = True
     webhook_url: str = ""
+    public_url: str = Field(default="", description=(
+        "The controller's address as people reach it, for links to status pages in webhook notifications; default "
+        "http://CONTROLLER_HOST:CONTROLLER_PORT."))
 
     # optimizer worker
     job_visibility_timeout_s: float = Field(default=600.0, gt=0)
@@ -99,6 +102,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'modelroll.db').resolve()}"
+
+    @property
+    def status_page_url(self) -> str:
+        """Where a browser finds the status pages (MODELROLL_PUBLIC_URL, else the controller's own address)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "localhost" if self.controller_host in ("0.0.0.0", "::", "") else self.controller_host
+        return f"http://{host}:{self.controller_port}"
 
     @property
     def effective_artifacts_dir(self) -> Path:

@@ -124,7 +124,7 @@ def _start_controller(settings: Settings, channel: LiveChannel, session_factory:
     from controller.reconcile import Reconciler
     from controller.webhooks import WebhookNotifier
 
-    notifier = WebhookNotifier(settings.webhook_url, session_factory)
+    notifier = WebhookNotifier(settings.webhook_url, session_factory, pages_url=settings.status_page_url)
     reconciler = Reconciler(settings, channel, session_factory, notifier=notifier)
     app = create_app(settings, channel, session_factory, reconciler=reconciler, notifier=notifier)
     sock = bind(settings.controller_host, settings.controller_port)
