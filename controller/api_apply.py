@@ -3,7 +3,7 @@ as one). The logic is in controller/apply.py; the document's format in modelroll
 
 from __future__ import annotations
 
-import json
+import copy
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -28,7 +28,7 @@ ACCEPTED_TYPES = (*YAML_TYPES, "application/json", "text/plain")
 
 def _document_schema() -> dict[str, Any]:
     """One document of either kind, as modelroll/schemas/*-v1.json state them (YAML may hold several)."""
-    return {"oneOf": [{k: v for k, v in manifest.schema(kind).items() if not k.startswith("$")}
+    return {"oneOf": [copy.deepcopy({k: v for k, v in manifest.schema(kind).items() if not k.startswith("$")})
                       for kind in manifest.KINDS]}
 
 
@@ -109,7 +109,8 @@ def apply(ctx: Ctx, who: Operator, request: Request, body: Annotated[bytes, Depe
 
 def _printed_schema() -> dict[str, Any]:
     """The Rollout document as printed: a rollout created without a document (POST /v1/rollouts) has no name."""
-    schema = json.loads(json.dumps({k: v for k, v in manifest.schema("Rollout").items() if not k.startswith("$")}))
+    schema: dict[str, Any] = copy.deepcopy({k: v for k, v in manifest.schema("Rollout").items()
+                                            if not k.startswith("$")})
     schema["properties"]["metadata"].pop("required", None)
     schema["required"] = [*schema["required"], "status"]
     return schema
