@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from controller.api import MAX_ID, Ctx, Operator, SafeStr, Viewer
+from controller.api import MAX_ID, NAME_DOC, Ctx, Operator, SafeStr, Viewer
+from controller.api_rollouts import CriteriaIn
 from controller.transitions import audit
-from modelroll import production
+from modelroll import jobs, production
 from modelroll.db import (
     ArtifactRow,
     AuditEntryRow,
@@ -23,15 +24,16 @@ from modelroll.db import (
     VariantRow,
 )
 from modelroll.errors import InvalidInput, NotFound
-from modelroll.inputs import InputPolicy
+from modelroll.inputs import RELATIVE_NPZ_PATTERN, InputPolicy
+from modelroll.recipes import TECHNIQUES
 from modelroll.retire import REASON_MAX_CHARS, retire_variant
 from modelroll.types import TERMINAL_PHASES, check_name
 
 router = APIRouter()
 
-ModelName = Annotated[str, Path(max_length=63, description="Model name.")]
+ModelName = Annotated[str, Path(max_length=63, description="Model name.", json_schema_extra=NAME_DOC)]
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Optimization job id.")]
-VariantName = Annotated[str, Path(max_length=63, description="Variant name.")]
+VariantName = Annotated[str, Path(max_length=63, description="Variant name.", json_schema_extra=NAME_DOC)]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -109,14 +111,40 @@ def _job_json(session: Session, job: OptimizationJobRow, *, reports: bool) -> di
     return out
 
 
+class OptimizationIn(BaseModel):
+    """What POST /v1/optimizations takes; modelroll.jobs.OptimizationRequest checks the rest (each recipe's grammar
+    and parameters, the model's eval set) with a message naming what is accepted."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
+        "model": "digits", "techniques": ["int8", "prune:0.5,distill,int8"], "eval_data": "digits/eval.npz"}})
+    model: SafeStr = Field(max_length=63, json_schema_extra=NAME_DOC, description="A registered model.")
+    baseline: SafeStr | None = Field(default=None, max_length=63, json_schema_extra=NAME_DOC, description=(
+        "The variant to optimize; default: the model's newest live baseline."))
+    techniques: list[Annotated[str, Field(json_schema_extra={"format": "recipe"})]] = Field(
+        default=["int8"], min_length=1, max_length=jobs.MAX_RECIPES, json_schema_extra={"uniqueItems": True},
+        description="One recipe per candidate (format `recipe`, at most 500 characters): steps "
+                    "`technique[:value][:name=value]` joined by ',', torch steps (prune, drop-layers, distill) before "
+                    "at most one quantization (int8, int8-static), e.g. 'int8', 'int8-static:entropy', "
+                    "'prune:0.5,distill,int8'. Techniques and their parameters (the first is the bare value's): "
+                    + "; ".join(f"{t.name} ({', '.join(f'{p.name}: {p.accepted()}' for p in t.params)})"
+                                for t in TECHNIQUES.values()) + ".")
+    criteria: CriteriaIn | None = Field(default=None, description="The offline gates; default: the defaults.")
+    eval_data: SafeStr | None = Field(default=None, max_length=2200, json_schema_extra={
+        "pattern": RELATIVE_NPZ_PATTERN}, description=(
+        "An .npz eval set (one array per model input, optional 'labels') by its path relative to the controller's "
+        "input root, MODELROLL_INPUT_DIR; no other file is read. Default: the baseline's own eval set."))
+    eval_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$", description=(
+        "An eval set already in the artifact store (e.g. stored by an earlier job or `modelroll optimize`)."))
+    batch_sizes: list[Annotated[int, Field(ge=1, le=jobs.MAX_BATCH_SIZE)]] = Field(
+        default=[1, 32], min_length=1, max_length=16, json_schema_extra={"uniqueItems": True},
+        description="Batch sizes latency is measured at.")
+    threads: int = Field(default=1, ge=1, le=64, description="onnxruntime threads during measurement.")
+
+
 @router.post("/optimizations", tags=["optimizations"], status_code=202,
              summary="Queue an optimization job for the optimizer's worker")
-def create_optimization(ctx: Ctx, who: Operator,
-                        body: Annotated[dict[str, Any], Body(examples=[{"model": "digits", "baseline": "fp32"}])],
-                        ) -> dict[str, Any]:
-    from modelroll import jobs  # the optimizer engineer's job submission, shared through modelroll/
-
-    request = jobs.OptimizationRequest.from_dict(body)
+def create_optimization(ctx: Ctx, who: Operator, body: OptimizationIn) -> dict[str, Any]:
+    request = jobs.OptimizationRequest.from_dict(body.model_dump(exclude_none=True))
     if ctx.channel is None:
         raise InvalidInput("this API replica has no live channel to queue jobs on")
     with ctx.session_factory() as session:
@@ -130,8 +158,8 @@ def create_optimization(ctx: Ctx, who: Operator,
 @router.get("/optimizations", tags=["optimizations"], summary="Optimization jobs, newest first")
 def list_optimizations(ctx: Ctx, _: Viewer, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict[str, Any]:
     with ctx.session_factory() as session:
-        jobs = session.scalars(select(OptimizationJobRow).order_by(OptimizationJobRow.id.desc()).limit(limit))
-        return {"optimizations": [_job_json(session, j, reports=False) for j in jobs]}
+        rows = session.scalars(select(OptimizationJobRow).order_by(OptimizationJobRow.id.desc()).limit(limit))
+        return {"optimizations": [_job_json(session, j, reports=False) for j in rows]}
 
 
 @router.get("/optimizations/{job_id}", tags=["optimizations"], summary="A job's status, progress and report")

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from controller.api import MAX_ID, Admin, ApiContext, Ctx, SafeStr, Viewer
+from controller.api import MAX_ID, NAME_DOC, Admin, ApiContext, Ctx, SafeStr, Viewer
 from controller.auth import Principal
 from controller.machine import Command, Transition, step
 from controller.transitions import (
@@ -37,12 +37,13 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["models"])
 
-ModelName = Annotated[str, Path(max_length=63, description="Model name.")]
+ModelName = Annotated[str, Path(max_length=63, description="Model name.", json_schema_extra=NAME_DOC)]
 
 
 class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"to": "baseline", "reason": "p99"}})
-    to: SafeStr | None = Field(default=None, max_length=63, description="The variant to serve again.")
+    to: SafeStr | None = Field(default=None, max_length=63, json_schema_extra=NAME_DOC,
+                               description="The variant to serve again.")
     revision: int | None = Field(default=None, ge=1, le=MAX_ID, description="Serve the variant of this revision.")
     reason: SafeStr = Field(default="", max_length=1000, description="Why; recorded in the revision and the audit.")
     abort_active: bool = Field(default=False, description="Abort the model's active rollout first (else 409).")

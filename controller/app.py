@@ -10,8 +10,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -22,6 +22,8 @@ from controller.api import ApiContext, api_router, context
 from controller.body_limit import BodyLimit
 from controller.errors import ErrorCounts
 from controller.errors import install as install_error_handlers
+from controller.openapi import document as document_openapi
+from controller.openapi import reject_unknown_query
 from controller.pages import pages_router
 from controller.reconcile import Reconciler
 from controller.transitions import latest_per_model, model_name
@@ -94,29 +96,16 @@ class _Metrics(Collector):
             yield hooks
 
 
-def _document_400_not_422(app: FastAPI) -> None:
-    """Validation errors answer 400 {"error"} (see the handler below), so the schema must not promise 422."""
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = FastAPI.openapi(app)
-            for path in schema.get("paths", {}).values():
-                for operation in path.values():
-                    operation.get("responses", {}).pop("422", None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def create_app(settings: Settings, channel: LiveChannel | None, session_factory: Callable[[], Session], *,
                reconciler: Reconciler | None = None, notifier: WebhookNotifier | None = None) -> FastAPI:
     app = FastAPI(title="modelroll controller", version="1",
-                  description="Ops API: models, optimization jobs, rollouts (with If-Match), events and audit.")
+                  description="Ops API: models, optimization jobs, rollouts (with If-Match), events and audit.",
+                  dependencies=[Depends(reject_unknown_query)])
     app.state.ctx = ApiContext(settings=settings, channel=channel, session_factory=session_factory,
                                notifier=notifier)
     app.include_router(api_router())
     app.include_router(pages_router())
-    _document_400_not_422(app)
+    document_openapi(app, settings)
     errors = ErrorCounts()
     install_error_handlers(app, errors)
     app.add_middleware(BodyLimit, max_body_bytes=settings.controller_max_body_bytes,
@@ -128,7 +117,8 @@ def create_app(settings: Settings, channel: LiveChannel | None, session_factory:
     def healthz() -> dict[str, Any]:
         return {"ok": True}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: the database and the live channel answer")
+    @app.get("/readyz", tags=["health"], summary="Readiness: the database and the live channel answer",
+             responses={503: {"description": "Something is down: `checks` says what"}})
     def readyz(request: Request) -> JSONResponse:
         ctx = context(request)
         checks: dict[str, dict[str, Any]] = {}
@@ -149,7 +139,9 @@ def create_app(settings: Settings, channel: LiveChannel | None, session_factory:
         ready = all(c["ok"] for c in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "The Prometheus text exposition format, version 0.0.4"}})
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 

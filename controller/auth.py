@@ -32,7 +32,12 @@ class Principal:
     role: str
 
     def require(self, role: str) -> Principal:
+        """Self if its role is at least `role`; else 401 without a token (send one), 403 with one (a higher role)."""
         if ROLES.index(self.role) < ROLES.index(role):
+            if self.actor == ANONYMOUS:
+                raise Unauthorized(f"this needs a bearer token with the {role} role: send 'Authorization: "
+                                   "Bearer <token>' (`modelroll tokens create --role ROLE`); without one you may only "
+                                   "read")
             raise Forbidden(f"this needs the {role} role; {self.actor} has {self.role}")
         return self
 

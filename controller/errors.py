@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controller.openapi import allowed_methods
 from modelroll.errors import ModelrollError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -100,9 +101,13 @@ def install(app: FastAPI, counts: ErrorCounts) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = dict(exc.headers or {})
         if exc.status_code == 404:
             message = f"{message}: no such endpoint; see /docs for the API"
-        return error_response(request, exc.status_code, message, dict(exc.headers or {}))
+        if exc.status_code == 405 and (allowed := allowed_methods(app, request.url.path)) is not None:
+            headers["Allow"] = allowed
+            message = f"{message}: {request.url.path} answers {allowed}"
+        return error_response(request, exc.status_code, message, headers)
 
     async def _database(request: Request, exc: Exception) -> Response:
         if is_database_unavailable(exc):
