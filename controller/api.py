@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -135,18 +135,33 @@ def rollout_json(row: RolloutRow) -> dict[str, Any]:
     current = steps[row.step_index] if 0 <= row.step_index < len(steps) else None
     evaluation = row.evaluation or {}
     return {
-        "id": row.id, "model": spec.get("model"), "baseline": spec.get("baseline"),
+        "id": row.id, "name": row.name, "model": spec.get("model"), "baseline": spec.get("baseline"),
         "candidate": spec.get("candidate"), "phase": row.phase, "version": row.version,
         "step_index": row.step_index, "steps_total": len(steps), "step": current,
         "weights": dict(row.weights or {}),
         "shadow": spec.get("candidate") if current and current.get("shadow") and row.phase in (
-            "shadow", "paused") and state.get("started_at") and not state.get("weight_pct") else None,
+            "shadow", "paused", "waiting_approval") and state.get("started_at") and not state.get("weight_pct")
+        else None,
         "hold": state.get("hold", ""), "reason": row.last_reason, "created_by": row.created_by,
         "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
         "started_at": state.get("started_at"), "step_started_at": state.get("step_started_at"),
         "verdict": evaluation.get("verdict"), "results": evaluation.get("results", []),
-        "evaluation": evaluation, "spec": spec,
+        "evaluation": evaluation, "spec": spec, "approval": approval_json(row.phase, current, state),
     }
+
+
+def approval_json(phase: str, step: dict[str, Any] | None, state: dict[str, Any]) -> dict[str, Any]:
+    """Whether the rollout waits at an approval step, since when, and until when (its timeout and policy)."""
+    step = step or {}
+    waiting = phase == "waiting_approval"
+    since = state.get("waiting_since") if waiting else None
+    timeout_s = step.get("timeout_s") if step.get("approval") else None
+    until = None
+    if since and timeout_s is not None:
+        until = (datetime.fromisoformat(since) + timedelta(seconds=float(timeout_s))).isoformat()
+    return {"waiting": waiting, "step_is_approval": bool(step.get("approval")), "since": since,
+            "timeout_s": timeout_s, "times_out_at": until,
+            "on_timeout": step.get("on_timeout", "rollback") if timeout_s is not None else None}
 
 
 class ErrorBody(BaseModel):
@@ -167,10 +182,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def api_router() -> APIRouter:
-    from controller import api_models, api_production, api_rollouts
+    from controller import api_apply, api_models, api_production, api_rollouts
 
     router = APIRouter(prefix="/v1", responses=_ERRORS)
     router.include_router(api_rollouts.router)
+    router.include_router(api_apply.router)
     router.include_router(api_models.router)
     router.include_router(api_production.router)
     return router

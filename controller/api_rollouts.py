@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -37,7 +37,15 @@ from modelroll import production
 from modelroll.catalog import newest_report
 from modelroll.db import ModelRow, RolloutEventRow, RolloutRow, VariantRow
 from modelroll.errors import Conflict, InvalidInput, NotFound
-from modelroll.types import TERMINAL_PHASES, Phase, RolloutSpec, check_name
+from modelroll.types import (
+    CRITERIA_ALIASES,
+    NOTIFY_EVENTS,
+    TERMINAL_PHASES,
+    Phase,
+    RolloutSpec,
+    canonical_criteria,
+    check_name,
+)
 
 router = APIRouter(tags=["rollouts"])
 
@@ -51,10 +59,24 @@ class StepIn(BaseModel):
     min_duration_s: float = Field(default=60.0, ge=0, le=30 * 86400)
     min_samples: int = Field(default=200, ge=0, le=10**9)
     max_duration_s: float | None = Field(default=None, ge=0, le=365 * 86400)
+    approval: bool = Field(default=False, description=(
+        "Once this step's criteria pass, wait for an operator's approval before the next step (or the promotion)."))
+    timeout_s: float | None = Field(default=None, gt=0, le=365 * 86400, description=(
+        "Approval steps: how long to wait for the approval; none: until someone approves or aborts."))
+    on_timeout: Literal["rollback", "advance"] = Field(default="rollback", description=(
+        "Approval steps: at the timeout, roll back or go on as if approved."))
 
 
 class CriteriaIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"description": (
+        "Also accepted under their short names: "
+        + ", ".join(f"{short} ({name})" for short, name in CRITERIA_ALIASES.items()))})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_names(cls, data: Any) -> Any:
+        return canonical_criteria(data) if isinstance(data, dict) else data
+
     latency_reduction_min: float | None = Field(default=None, ge=0, lt=1)
     memory_reduction_min: float | None = Field(default=None, ge=0, lt=1)
     accuracy_drop_max: float | None = Field(default=None, ge=0, le=1)
@@ -64,6 +86,13 @@ class CriteriaIn(BaseModel):
     memory_source: Literal["live", "offline"] | None = Field(
         default=None, description="live (default): gate memory on the routers' exact readings; offline: on the "
         "optimizer's figures, for routers whose runner cannot measure a variant's own memory (inline, remote).")
+
+
+class NotificationsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Literal[NOTIFY_EVENTS]] = Field(  # type: ignore[valid-type]
+        max_length=len(NOTIFY_EVENTS), description="The rollout's events that post to the controller's webhook "
+        "(MODELROLL_WEBHOOK_URL); default: all of them.")
 
 
 class RolloutIn(BaseModel):
@@ -80,11 +109,17 @@ class RolloutIn(BaseModel):
     steps: list[StepIn] | None = Field(default=None, min_length=1, max_length=100)
     criteria: CriteriaIn | None = None
     on_deadline: Literal["hold", "rollback"] = "hold"
+    notifications: NotificationsIn | None = None
 
 
 class ReasonIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: SafeStr = Field(default="", max_length=1000, description="Why; recorded in the event and the audit.")
+
+
+class ApproveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: SafeStr = Field(min_length=1, max_length=1000, description="Why it may go on; recorded with your name.")
 
 
 class WeightIn(ReasonIn):
@@ -98,6 +133,8 @@ def _spec(body: RolloutIn, baseline: str) -> RolloutSpec:
         data["steps"] = [s.model_dump() for s in body.steps]
     if body.criteria is not None:
         data["criteria"] = body.criteria.model_dump(exclude_none=True)
+    if body.notifications is not None:
+        data["notifications"] = body.notifications.model_dump()
     return RolloutSpec.from_dict(data)
 
 
@@ -146,46 +183,53 @@ def _check_offline(model: str, candidate: str, offline: dict[str, Any], force: b
 
 @router.post("/rollouts", status_code=201, summary="Create a rollout (starts pending; the controller starts it)")
 def create_rollout(body: RolloutIn, ctx: Ctx, who: Operator, response: Response) -> dict[str, Any]:
-    for kind, name in (("model", body.model), ("candidate", body.candidate), ("baseline", body.baseline)):
-        if name is not None:
-            check_name(kind, name)  # a malformed name is a 400 before any lookup
     with ctx.session_factory() as session, session.begin():
-        model = session.scalars(select(ModelRow).where(ModelRow.name == body.model)
-                                    .with_for_update(key_share=True)).first()
-        if model is None:
-            known = sorted(session.scalars(select(ModelRow.name)))
-            raise NotFound(f"model {body.model!r} is not registered; registered models: {known}")
-        baseline = _baseline(session, model, body.baseline)
-        candidate = _variant(session, model, body.candidate, "candidate")
-        if candidate.id == baseline.id:
-            raise InvalidInput(f"baseline and candidate must differ: {candidate.name!r} already serves model "
-                               f"{model.name!r}; pick another candidate")
-        if candidate.retired_at is not None:
-            raise Conflict(f"candidate {candidate.name!r} of model {model.name!r} is retired and cannot serve")
-        spec = _spec(body, baseline.name)
-        offline = _offline_verdict(session, candidate)
-        _check_offline(model.name, candidate.name, offline, body.force)
-        active = production.active_rollout(session, model.id)
-        if active is not None:
-            raise Conflict(f"model {spec.model!r} already has an active rollout {active.id} ({active.phase}): "
-                           "abort it or let it finish before creating another")
-        forced = body.force and not offline["passed"]
-        reason = f"created by {who.actor}" + (" (forced past the offline verdict)" if forced else "")
-        state = RolloutState(rollout_id=0, spec=spec, seq=1, reason=reason)
-        row = RolloutRow(model_id=model.id, baseline_variant_id=baseline.id, candidate_variant_id=candidate.id,
-                         spec=spec.to_dict(), phase=Phase.PENDING.value, step_index=0, weights=state.weights,
-                         state=state_to_dict(state), last_reason=state.reason, created_by=who.actor, evaluation={})
-        session.add(row)
-        session.flush()
-        session.add(RolloutEventRow(rollout_id=row.id, seq=1, kind="created", actor=who.actor, reason=state.reason,
-                                    from_phase="", to_phase=Phase.PENDING.value, step_index=0,
-                                    evidence={"spec": spec.to_dict(), "offline": offline, "forced": forced}))
-        audit(session, who.actor, "rollout.create", "rollout", row.id, {},
-              {**summary(row), "offline": offline, "forced": forced})
-        session.flush()
-        out = rollout_json(row)
+        out = rollout_json(insert_rollout(session, who, body))
     response.headers.update(etag(out["version"]))
     return out
+
+
+def insert_rollout(session: Session, who: Principal, body: RolloutIn, name: str | None = None) -> RolloutRow:
+    """Check and record a new pending rollout (with its created event and audit entry) in the caller's transaction;
+    `name`: the metadata.name of the document that asks for it."""
+    for kind, value in (("model", body.model), ("candidate", body.candidate), ("baseline", body.baseline)):
+        if value is not None:
+            check_name(kind, value)  # a malformed name is a 400 before any lookup
+    model = session.scalars(select(ModelRow).where(ModelRow.name == body.model)
+                                .with_for_update(key_share=True)).first()
+    if model is None:
+        known = sorted(session.scalars(select(ModelRow.name)))
+        raise NotFound(f"model {body.model!r} is not registered; registered models: {known}")
+    baseline = _baseline(session, model, body.baseline)
+    candidate = _variant(session, model, body.candidate, "candidate")
+    if candidate.id == baseline.id:
+        raise InvalidInput(f"baseline and candidate must differ: {candidate.name!r} already serves model "
+                           f"{model.name!r}; pick another candidate")
+    if candidate.retired_at is not None:
+        raise Conflict(f"candidate {candidate.name!r} of model {model.name!r} is retired and cannot serve")
+    spec = _spec(body, baseline.name)
+    offline = _offline_verdict(session, candidate)
+    _check_offline(model.name, candidate.name, offline, body.force)
+    active = production.active_rollout(session, model.id)
+    if active is not None:
+        raise Conflict(f"model {spec.model!r} already has an active rollout {active.id} ({active.phase}): "
+                       "abort it or let it finish before creating another")
+    forced = body.force and not offline["passed"]
+    reason = f"created by {who.actor}" + (" (forced past the offline verdict)" if forced else "")
+    state = RolloutState(rollout_id=0, spec=spec, seq=1, reason=reason)
+    row = RolloutRow(model_id=model.id, baseline_variant_id=baseline.id, candidate_variant_id=candidate.id,
+                     spec=spec.to_dict(), phase=Phase.PENDING.value, step_index=0, weights=state.weights,
+                     state=state_to_dict(state), last_reason=state.reason, created_by=who.actor, evaluation={},
+                     name=name)
+    session.add(row)
+    session.flush()
+    session.add(RolloutEventRow(rollout_id=row.id, seq=1, kind="created", actor=who.actor, reason=state.reason,
+                                from_phase="", to_phase=Phase.PENDING.value, step_index=0,
+                                evidence={"spec": spec.to_dict(), "offline": offline, "forced": forced}))
+    audit(session, who.actor, "rollout.create", "rollout", row.id, {},
+          {**summary(row), "offline": offline, "forced": forced, "name": name})
+    session.flush()
+    return row
 
 
 @router.get("/rollouts", summary="List rollouts, newest first")
@@ -292,6 +336,13 @@ def abort(rollout_id: RolloutId, request: Request, ctx: Ctx, who: Operator, resp
 def set_weight(rollout_id: RolloutId, body: WeightIn, request: Request, ctx: Ctx, who: Operator,
                response: Response) -> dict[str, Any]:
     return _command(request, ctx, who, rollout_id, "set_weight", body.reason, response, body.weight_pct)
+
+
+@router.post("/rollouts/{rollout_id}/approve", openapi_extra=IF_MATCH_DOC,
+             summary="Approve a rollout waiting at an approval step: it goes on (409 when it is not waiting)")
+def approve(rollout_id: RolloutId, body: ApproveIn, request: Request, ctx: Ctx, who: Operator,
+            response: Response) -> dict[str, Any]:
+    return _command(request, ctx, who, rollout_id, "approve", body.reason, response)
 
 
 @router.get("/rollouts/{rollout_id}/events", summary="The rollout's events with their evidence, oldest first")
