@@ -20,6 +20,7 @@ from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy.orm import sessionmaker
 
+from controller import api_apply
 from controller.api import ApiContext
 from controller.app import create_app
 from modelroll.settings import Settings
@@ -49,7 +50,7 @@ STEP_RULES = ("a step with weight_pct 0 must be a shadow step", "a shadow step s
               "is given twice")
 RULES_BEYOND_THE_SCHEMA = {
     "POST /v1/rollouts": STEP_RULES,
-    "POST /v1/apply": STEP_RULES,
+    "POST /v1/apply": api_apply.RULES_BEYOND_THE_SCHEMA,  # its documents' rules, listed beside the route
     "POST /v1/optimizations": ("need the torch model", "has no eval set of its own"),
 }
 # Recipes (`format: recipe`, their grammar in the description) drawn from what the grammar accepts.
