@@ -6,7 +6,7 @@ Written by the optimizer, stored as JSON in the database (`to_dict` / `from_dict
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # What the accuracy gate reads: accuracy on labels; else top-1 agreement (classifiers) or the mean cosine to
@@ -72,7 +72,16 @@ class Figures:
     runtime_bytes: int  # resident memory of the process before the model was loaded (runtime's fixed cost)
     load_ms: float
     threads: int
-    onnxruntime: str
+    onnxruntime: str  # the onnxruntime version of the measuring process ("" when another runtime measured)
+    runtime: str = ""  # the runtime that ran the variant and its version, e.g. "openvino 2026.4.1"
+    runtime_settings: Mapping[str, str] = field(default_factory=dict)  # part of the candidate, e.g. a precision
+
+    @property
+    def runtime_label(self) -> str:
+        """E.g. "onnxruntime 1.32.0" or "openvino 2026.4.1 (INFERENCE_PRECISION_HINT=f32)"."""
+        name = self.runtime or f"onnxruntime {self.onnxruntime}".strip()
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(self.runtime_settings.items()))
+        return f"{name} ({settings})" if settings else name
 
     def latency_at(self, batch_size: int) -> LatencyFigures | None:
         return next((f for f in self.latency if f.batch_size == batch_size), None)
@@ -85,7 +94,9 @@ class Figures:
         return tuple(f.batch_size for f in self.latency)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["runtime_settings"] = dict(self.runtime_settings)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Figures:
@@ -99,4 +110,6 @@ class Figures:
             load_ms=float(data["load_ms"]),
             threads=int(data["threads"]),
             onnxruntime=str(data["onnxruntime"]),
+            runtime=str(data.get("runtime") or ""),
+            runtime_settings={str(k): str(v) for k, v in (data.get("runtime_settings") or {}).items()},
         )

@@ -2,7 +2,9 @@
 
 Grammar: steps separated by ",", each `technique[:value][:name=value]...`; a bare value sets the
 technique's main parameter, a bare boolean parameter name sets it true ("int8:per_channel").
-Torch steps (prune, drop-layers, distill) come first, then at most one quantization step.
+Torch steps (prune, drop-layers, distill) come first, then at most one final step on the exported file: an
+onnxruntime quantization (int8, int8-static) or an OpenVINO one (ov, ov-int8, ov-weights). The final step names
+the runtime the candidate is built for and served with; its runtime settings are part of the candidate.
 In the kernel so that the ops API, the CLI and the worker refuse a bad recipe the same way, before a job is
 queued; the optimizer (optimizer/recipes.py) builds what it describes.
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelroll.errors import InvalidInput
+from modelroll.runtimes import ONNXRUNTIME, OPENVINO
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class Technique:
     stage: str  # "torch" (needs the torch model, before export) | "onnx" (on the exported file)
     params: tuple[Param, ...]
     help: str
+    runtime: str = ONNXRUNTIME  # what a candidate whose final step this is runs on
 
     @property
     def main(self) -> Param | None:
@@ -73,6 +77,13 @@ class Technique:
                 return p
         raise InvalidInput(f"{self.name} has no parameter {name!r}: accepted {[p.name for p in self.params]}")
 
+
+# OpenVINO runtime settings, part of every OpenVINO candidate (recorded in its manifest, applied wherever it loads).
+_PRECISION = Param("precision", str, "default", choices=("default", "bf16", "f16", "f32"),
+                   help="inference precision of what stays float; default: the runtime's (bf16 on CPUs with "
+                        "AVX-512 BF16 or AMX, else f32)")
+_CACHE = Param("cache", int, -1, -1, 1_000_000,
+               help="kernels cached per input shape (CPU_RUNTIME_CACHE_CAPACITY); -1: the runtime's default")
 
 TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
     Technique("prune", "torch", (
@@ -99,8 +110,30 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
         Param("exclude", int, 0, 0, 10_000, help="keep this many most sensitive weight nodes in float"),
         Param("smooth", float, 0.0, 0.0, 1.0, True, help="SmoothQuant alpha before quantizing, 0 = off"),
     ), "INT8 static quantization, QDQ format, calibrated on sample inputs"),
+    Technique("ov", "onnx", (_PRECISION, _CACHE), "convert to OpenVINO without quantizing: the runtime alone",
+              OPENVINO),
+    Technique("ov-int8", "onnx", (
+        Param("kind", str, "auto", choices=("auto", "transformer", "cnn"),
+              help="NNCF preset: transformer (mixed, SmoothQuant) or cnn (performance); auto reads the graph"),
+        Param("subset", int, 300, 1, 100_000, help="calibration samples"),
+        Param("embeddings", str, "int8", choices=("int8", "float", "expand"),
+              help="int8: the table stays INT8 and rows are dequantized after the lookup; float: not quantized; "
+                   "expand: NNCF's own (the runtime widens the table to f32 when it loads)"),
+        Param("exclude", int, 0, 0, 10_000, help="keep this many most sensitive weight nodes in float"),
+        Param("fast_bias", bool, True, help="fast bias correction (false: the slower, finer one)"),
+        _PRECISION, _CACHE,
+    ), "OpenVINO + NNCF post-training INT8 (weights and activations), calibrated on sample inputs", OPENVINO),
+    Technique("ov-weights", "onnx", (
+        Param("mode", str, "int8_asym", choices=("int8_asym", "int8_sym", "int4_asym", "int4_sym"),
+              help="NNCF weight compression; activations stay float"),
+        Param("ratio", float, 1.0, 0.0, 1.0, help="share of layers in int4 (int4 modes), the rest int8"),
+        Param("group", int, 128, -1, 4096, help="int4 group size (-1: per channel)"),
+        _PRECISION, _CACHE,
+    ), "OpenVINO + NNCF weight-only compression (embedding tables included)", OPENVINO),
 )}
-ALIASES = {"int8-dynamic": "int8", "dynamic": "int8", "static": "int8-static", "drop": "drop-layers"}
+ALIASES = {"int8-dynamic": "int8", "dynamic": "int8", "static": "int8-static", "drop": "drop-layers",
+           "openvino": "ov", "nncf": "ov-int8", "ov-wc": "ov-weights"}
+FINAL_STEPS = tuple(name for name, t in TECHNIQUES.items() if t.stage == "onnx")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +169,14 @@ class Recipe:
 
     @property
     def quantization(self) -> Step | None:
+        """The final step on the exported file (a quantization, or a conversion to another runtime)."""
         return next((s for s in self.steps if s.stage == "onnx"), None)
+
+    @property
+    def runtime(self) -> str:
+        """The runtime the candidate is built for: its final step's, onnxruntime when there is none."""
+        final = self.quantization
+        return TECHNIQUES[final.technique].runtime if final is not None else ONNXRUNTIME
 
     def replace_step(self, index: int, step: Step) -> Recipe:
         return Recipe((*self.steps[:index], step, *self.steps[index + 1 :]))
@@ -211,10 +251,12 @@ def check_recipe(recipe: Recipe, text: str = "") -> Recipe:
     for step in recipe.steps:
         if step.stage == "onnx":
             if seen_onnx:
-                raise InvalidInput(f"recipe {label!r} quantizes twice: keep one of int8 / int8-static, at the end")
+                raise InvalidInput(f"recipe {label!r} quantizes twice: keep one of {' / '.join(FINAL_STEPS)}, "
+                                   "at the end")
             seen_onnx = True
         elif seen_onnx:
-            raise InvalidInput(f"recipe {label!r}: {step.technique} must come before the quantization step")
+            raise InvalidInput(f"recipe {label!r}: {step.technique} must come before the quantization step "
+                               f"({' / '.join(FINAL_STEPS)})")
         elif step.technique == "distill" and not shrunk:
             raise InvalidInput(
                 f"recipe {label!r}: distill fine-tunes a shrunk model; put it after prune or drop-layers")

@@ -71,6 +71,19 @@ def _share(latency: LatencyFigures, threads: int) -> float:
     return latency.cpu_ms / (latency.mean_ms * threads) if latency.mean_ms > 0 else 0.0
 
 
+def share_note(original: float, optimized: float) -> str:
+    """What the CPU shares say about the timings, naming the side it concerns (empty when both look normal)."""
+    notes = []
+    busy = [side for side, share in (("original", original), ("optimized", optimized)) if share < 0.9]
+    if busy:
+        notes.append(f"{' and '.join(busy)} below 90%: a busy machine inflated {'its' if len(busy) == 1 else 'their'}"
+                     " latency")
+    extra = [side for side, share in (("original", original), ("optimized", optimized)) if share > 1.1]
+    if extra:
+        notes.append(f"{' and '.join(extra)} above 100%: the runtime used more threads than the ones set")
+    return "; ".join(notes)
+
+
 def _ratio_gate_text(gate: Gate | None) -> str:
     return "" if gate is None else f"{'pass' if gate.passed else 'FAIL'} (≤ {gate.threshold:.2f})"
 
@@ -85,7 +98,9 @@ def table_lines(baseline: Figures, candidate: Figures | None, gates: Iterable[Ga
     if cand is None:
         return []
     by_name = {g.name: g for g in gates}
-    out = [Line("size on disk", fmt_bytes(base.size_bytes), fmt_bytes(cand.size_bytes),
+    same_runtime = base.runtime_label.split(" ")[0] == cand.runtime_label.split(" ")[0]
+    out = [Line("runtime", base.runtime_label, cand.runtime_label, "" if same_runtime else "runtime changed"),
+           Line("size on disk", fmt_bytes(base.size_bytes), fmt_bytes(cand.size_bytes),
                 lower_is_better(base.size_bytes, cand.size_bytes).replace("lower", "smaller"))]
     for bl in base.latency:
         cl = cand.latency_at(bl.batch_size)
@@ -102,7 +117,7 @@ def table_lines(baseline: Figures, candidate: Figures | None, gates: Iterable[Ga
         # The model's threads should own their CPUs while timed; much less means other processes competed.
         shares = _share(bl, base.threads), _share(cl, cand.threads)
         out.append(Line(f"CPU share while timed, batch {b}", f"{shares[0]:.0%}", f"{shares[1]:.0%}",
-                        "below 90%: a busy machine inflated latency" if min(shares) < 0.9 else ""))
+                        share_note(*shares)))
     for bm in base.memory:
         cm = cand.memory_at(bm.batch_size)
         if cm is None:
@@ -115,7 +130,8 @@ def table_lines(baseline: Figures, candidate: Figures | None, gates: Iterable[Ga
                         fmt_bytes(cm.memory_total_bytes),
                         lower_is_better(bm.memory_total_bytes, cm.memory_total_bytes)))
     out.append(Line("runtime memory before load", fmt_bytes(base.runtime_bytes), fmt_bytes(cand.runtime_bytes),
-                    "same runtime, not the model's cost"))
+                    "same runtime, not the model's cost" if same_runtime
+                    else "each runtime's fixed cost, not the model's"))
     if base.quality is not None and cand.quality is not None:
         for metric in QUALITY_METRICS:
             bv, cv = getattr(base.quality, metric), getattr(cand.quality, metric)

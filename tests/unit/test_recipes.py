@@ -28,7 +28,7 @@ def test_recipes_parse_to_steps_with_every_parameter_and_print_back() -> None:
     assert parse_recipe(str(recipe)) == recipe
     assert parse_recipe("int8-dynamic:per_channel").steps[0].options["per_channel"] is True
     assert recipe_slug(parse_recipe("prune:0.5,distill,int8")) == "prune0.5-distill-int8"
-    assert set(TECHNIQUES) == {"prune", "drop-layers", "distill", "int8", "int8-static"}
+    assert set(TECHNIQUES) == {"prune", "drop-layers", "distill", "int8", "int8-static", "ov", "ov-int8", "ov-weights"}
     assert all(parse_recipe(text) for text in (GOOD_RECIPE, BAD_RECIPE, MINILM_RECIPE))
 
 
@@ -60,7 +60,7 @@ def test_search_prunes_less_when_the_float_model_is_at_fault(digits: DigitsModel
     assert first.float_quality is not None and result.baseline_quality - first.float_quality > 0.02
     assert rest and rest[0].recipe.startswith("prune:amount=0.36") and rest[0].action.startswith("pruned less")
     assert result.best is result.tries[-1] and result.best.quality_drop <= 0.02
-    assert result.best.quality == pytest.approx(accuracy(result.best.onnx_path))
+    assert result.best.quality == pytest.approx(accuracy(result.best.model_path))
 
 
 def test_search_keeps_sensitive_nodes_in_float_and_records_every_try(digits_src: ModelSource,
@@ -71,6 +71,6 @@ def test_search_keeps_sensitive_nodes_in_float_and_records_every_try(digits_src:
     assert [t.recipe for t in result.tries] == ["int8", "int8:exclude=1", "int8:exclude=2"]
     excluded = [t.records[-1].detail["excluded_nodes"] for t in result.tries]
     assert excluded[0] == [] and len(excluded[1]) == 1 and excluded[2][:1] == excluded[1]
-    assert all(t.onnx_path.is_file() and 0.9 < t.quality <= 1.0 for t in result.tries)
+    assert all(t.model_path.is_file() and 0.9 < t.quality <= 1.0 for t in result.tries)
     with pytest.raises(InvalidInput, match="max_tries"):
         search("int8", digits_src, tmp_path, accuracy, max_tries=0)
