@@ -27,7 +27,7 @@ class Try:
     index: int
     recipe: str
     action: str
-    onnx_path: Path
+    model_path: Path  # the candidate's artifact: an ONNX file or an OpenVINO IR folder
     quality: float
     quality_drop: float
     float_quality: float | None
@@ -81,6 +81,8 @@ def _exclude_more(recipe: Recipe, float_path: Path) -> tuple[Recipe | None, str]
     quantization = recipe.quantization
     if quantization is None:
         return None, "no quantization step"
+    if "exclude" not in quantization.options:
+        return None, f"{quantization.technique} keeps no node in float: nothing to back off"
     total = len(weight_nodes(float_path))
     current = quantization.options["exclude"]
     wanted = min(total - 1, max(1, current * 2))
@@ -95,7 +97,7 @@ def search(recipe: Recipe | str, source: ModelSource, work_dir: Path, measure_qu
            *, baseline_quality: float | None = None, max_quality_drop: float = 0.02,
            max_tries: int = 6) -> SearchResult:
     """Build `recipe`; while quality drops more than `max_quality_drop` below the baseline's, back off,
-    for at most `max_tries` builds. `measure_quality(onnx_path)` returns accuracy or agreement in
+    for at most `max_tries` builds. `measure_quality(model_path)` returns accuracy or agreement in
     [0, 1] (higher is better); the baseline's is measured on `source.onnx_path` unless given."""
     if max_tries < 1:
         raise InvalidInput(f"max_tries must be >= 1, got {max_tries}")

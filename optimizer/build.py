@@ -1,7 +1,9 @@
-"""Run a recipe on a model source: torch steps (prune, drop-layers, distill), ONNX export, then quantization.
+"""Run a recipe on a model source: torch steps (prune, drop-layers, distill), ONNX export, then the final step
+(an onnxruntime quantization, or an OpenVINO conversion / quantization built in a fresh process).
 
 Writes into the given folder only: `float.onnx` (after the torch steps, if any), `prepared.onnx`
-(ORT-pre-processed, the graph quantization sees) and `model.onnx` (the candidate).
+(ORT-pre-processed, the graph quantization sees) and the candidate: `model.onnx`, or for OpenVINO the IR folder
+`openvino/` (model.xml, model.bin, modelroll.json).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 from torch import nn
 
 from modelroll.errors import InvalidInput
+from modelroll.recipes import TECHNIQUES
+from modelroll.runtimes import OPENVINO
 from optimizer.distill import distill
 from optimizer.export import export_onnx
 from optimizer.layers import drop_layers
@@ -37,10 +41,11 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A built candidate: the ONNX file, the float model before quantization, and a record per step."""
+    """A built candidate: its artifact (an ONNX file or an OpenVINO IR folder), the float ONNX model before the
+    final step, and a record per step."""
 
     recipe: str
-    onnx_path: Path
+    model_path: Path
     float_path: Path
     records: tuple[StepRecord, ...]
     torch_model: nn.Module | None = None
@@ -103,12 +108,14 @@ def build_float(steps: Sequence[Step], source: ModelSource, out_dir: Path) -> tu
 
 def quantize_step(step: Step, float_path: Path, source: ModelSource, out_dir: Path,
                   ranking: list[str] | None = None) -> tuple[Path, StepRecord, list[str]]:
-    """Quantize `float_path` as `step` says into `out_dir/model.onnx`; `exclude=N` keeps the N most
-    sensitive weight nodes in float, ranked by measurement (pass `ranking` to reuse one).
+    """Quantize `float_path` as `step` says into `out_dir/model.onnx` (OpenVINO: `out_dir/openvino/`); `exclude=N`
+    keeps the N most sensitive weight nodes in float, ranked by measurement (pass `ranking` to reuse one).
     Returns the path, the record and the sensitivity ranking used (empty when not needed)."""
     out_dir = Path(out_dir)
     started = time.monotonic()
     options = step.options
+    if TECHNIQUES[step.technique].runtime == OPENVINO:
+        return _openvino_step(step, float_path, source, out_dir, ranking)
     if options["smooth"]:
         if not source.calibration:
             raise InvalidInput(f"{step}: smoothing needs calibration batches and {source.name!r} has none")
@@ -140,6 +147,43 @@ def quantize_step(step: Step, float_path: Path, source: ModelSource, out_dir: Pa
               "int8_initializers": result.int8_initializers, "size_bytes_before": result.size_bytes_before,
               "size_bytes_after": result.size_bytes_after}
     return result.output_path, StepRecord(str(step), time.monotonic() - started, detail), ranked
+
+
+def _sensitivity_ranking(prepared: Path, source: ModelSource, out_dir: Path) -> list[str]:
+    """Weight nodes of `prepared`, most sensitive to INT8 first (measured with onnxruntime's dynamic INT8: the
+    ranking the back-off uses for every runtime)."""
+    full = quantize_int8_dynamic(prepared, out_dir / "all-int8.onnx", pre_process=False)
+    ranked = [s.node for s in node_sensitivity(prepared, full.output_path, source.calibration)]
+    full.output_path.unlink()
+    return ranked
+
+
+def _openvino_step(step: Step, float_path: Path, source: ModelSource, out_dir: Path,
+                   ranking: list[str] | None) -> tuple[Path, StepRecord, list[str]]:
+    """The OpenVINO candidate of `float_path`, built in a fresh process from `prepared.onnx` (whose node names the
+    sensitivity ranking uses: `exclude=N` keeps those N weight nodes in float)."""
+    from optimizer.ov_child import build_in_child
+
+    started = time.monotonic()
+    options = step.options
+    prepared = prepare(float_path, out_dir / "prepared.onnx")
+    exclude_count = int(options.get("exclude", 0))
+    ranked = list(ranking or [])
+    if exclude_count and not ranked:
+        ranked = _sensitivity_ranking(prepared, source, out_dir)
+    if exclude_count > len(weight_nodes(prepared)):
+        raise InvalidInput(f"{step}: exclude={exclude_count} is more than the {len(weight_nodes(prepared))} "
+                           "weight nodes of the model")
+    if step.technique == "ov-int8" and not source.calibration:
+        raise InvalidInput(f"ov-int8 needs calibration batches and {source.name!r} has none: use ov-weights")
+    built = build_in_child(step.technique, options, prepared, source.calibration, out_dir,
+                           ignored=ranked[:exclude_count], recipe=str(step))
+    detail = {key: built[key] for key in ("kind", "kind_why", "quantized_nodes", "compressed_weights",
+                                          "excluded_nodes", "embeddings", "size_bytes_before", "size_bytes_after")}
+    detail["runtime"] = f"openvino {built['versions']['openvino']}"
+    detail["settings"] = built["config"]
+    detail["nncf"] = built["versions"].get("nncf", "")
+    return Path(built["folder"]), StepRecord(str(step), time.monotonic() - started, detail), ranked
 
 
 def build(recipe: Recipe | str, source: ModelSource, out_dir: Path) -> Candidate:

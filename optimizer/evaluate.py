@@ -1,4 +1,7 @@
-"""One evaluator for every variant: measure it in a fresh subprocess, then score its outputs.
+"""One evaluator for every variant, whatever its runtime: measure it in a fresh subprocess, then score its outputs.
+
+A variant is an ONNX file (onnxruntime) or an OpenVINO IR folder (model.xml, model.bin, modelroll.json); the child
+loads it with its runtime and the settings its artifact records, and measures it the same way.
 
 A hung or crashed measurement returns a failed `Measurement` with the reason; it never raises, so one
 bad candidate cannot fail a job.
@@ -23,7 +26,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from modelroll import openvino_ir
 from modelroll.figures import Figures, LatencyFigures, MemoryFigures, QualityFigures
+from modelroll.runtimes import FORMAT_RUNTIME, installed_version
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +79,26 @@ class Measurement:
     error: str = ""
 
 
+def artifact_format(model_path: Path) -> str:
+    """"openvino" for an IR folder, "onnx" for anything else (checked when loaded)."""
+    return openvino_ir.FORMAT if Path(model_path).is_dir() else "onnx"
+
+
+def runtime_meta(model_path: Path) -> dict[str, Any]:
+    """The runtime a variant is built for, the version it was built with and its settings, as the catalog
+    records them beside the recipe (the router refuses a variant whose runtime is not installed)."""
+    fmt = artifact_format(model_path)
+    if fmt == openvino_ir.FORMAT:
+        manifest = openvino_ir.read_manifest(model_path)
+        return {"runtime": FORMAT_RUNTIME[fmt], "runtime_version": manifest.runtime_version,
+                "runtime_settings": dict(manifest.config)}
+    return {"runtime": FORMAT_RUNTIME[fmt], "runtime_version": installed_version(FORMAT_RUNTIME[fmt]) or ""}
+
+
 def size_on_disk(model_path: Path) -> int:
-    """Bytes of the model file plus every external-data file it references."""
+    """Bytes of the model file plus every external-data file it references (an IR folder: its three files)."""
+    if Path(model_path).is_dir():
+        return openvino_ir.size_bytes(model_path)
     model = onnx.load(str(model_path), load_external_data=False)
     locations: set[str] = set()
     graphs = [model.graph]
@@ -99,7 +122,7 @@ def _child_env(threads: int) -> dict[str, str]:
     return env
 
 
-def _crash_reason(returncode: int, stderr: bytes) -> str:
+def _crash_reason(returncode: int, output: bytes, what: str = "measurement") -> str:
     if returncode < 0:
         try:
             how = f"killed by {signal.Signals(-returncode).name}"
@@ -107,8 +130,8 @@ def _crash_reason(returncode: int, stderr: bytes) -> str:
             how = f"killed by signal {-returncode}"
     else:
         how = f"exited with code {returncode}"
-    tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
-    return f"measurement process {how} before writing its figures" + (f": {' | '.join(tail)}" if tail else "")
+    tail = output.decode(errors="replace").strip().splitlines()[-3:]
+    return f"{what} process {how} before writing its result" + (f": {' | '.join(tail)}" if tail else "")
 
 
 class Stopped(Exception):
@@ -122,21 +145,24 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_child(spec: dict[str, Any], timeout_s: float, threads: int,
-              stop: threading.Event | None = None) -> dict[str, Any]:
-    """Run `python -m optimizer.measure` on `spec`; {"ok": False, "error": ...} on crash, hang or error."""
+              stop: threading.Event | None = None, *, module: str = "optimizer.measure",
+              label: str = "", what: str = "measurement") -> dict[str, Any]:
+    """Run `python -m <module>` (the measurement, or a build child) on `spec`; {"ok": False, "error": ...} on
+    crash, hang or error. What the child prints (runtime and library log lines, progress bars) goes into this
+    process's log at debug level, never to the terminal."""
     result_path = Path(spec["result_path"])
     result_path.unlink(missing_ok=True)
     spec = {**spec, "parent_pid": os.getpid()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "optimizer.measure"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, env=_child_env(threads), start_new_session=True,
+        [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, env=_child_env(threads), start_new_session=True,
     )
     deadline = time.monotonic() + timeout_s
     payload: bytes | None = json.dumps(spec).encode()
     try:
         while True:
             try:
-                _, stderr = proc.communicate(payload, timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+                output, _ = proc.communicate(payload, timeout=max(0.0, min(0.5, deadline - time.monotonic())))
                 break
             except subprocess.TimeoutExpired:
                 payload = None  # already written; communicate() must not send it twice
@@ -145,19 +171,22 @@ def run_child(spec: dict[str, Any], timeout_s: float, threads: int,
                     raise Stopped("evaluation stopped: the worker is shutting down") from None
                 if time.monotonic() >= deadline:
                     _kill(proc)
-                    return {"ok": False, "error": f"measurement timed out after {timeout_s:g} s (hung model or "
+                    return {"ok": False, "error": f"{what} timed out after {timeout_s:g} s (hung model or "
                                                   "runtime); raise eval_timeout_s if the model is just slow"}
     except BaseException:
         if proc.returncode is None:
             _kill(proc)
         raise
+    for line in output.decode(errors="replace").splitlines():
+        if line.strip():
+            log.debug("%s %s| %s", module, label, line.rstrip())
     if result_path.exists():
         try:
             result: dict[str, Any] = json.loads(result_path.read_text())
             return result
         except json.JSONDecodeError:
             pass
-    return {"ok": False, "error": _crash_reason(proc.returncode, stderr)}
+    return {"ok": False, "error": _crash_reason(proc.returncode, output, what)}
 
 
 def figures_from_child(raw: dict[str, Any], size_bytes: int, quality: QualityFigures | None) -> Figures:
@@ -165,7 +194,8 @@ def figures_from_child(raw: dict[str, Any], size_bytes: int, quality: QualityFig
     memory = tuple(MemoryFigures(**f) for f in raw["memory"])
     return Figures(size_bytes=size_bytes, latency=latency, memory=memory, quality=quality,
                    runtime_bytes=int(raw["runtime_bytes"]), load_ms=float(raw["load_ms"]),
-                   threads=int(raw["threads"]), onnxruntime=str(raw["onnxruntime"]))
+                   threads=int(raw["threads"]), onnxruntime=str(raw.get("onnxruntime", "")),
+                   runtime=str(raw.get("runtime", "")), runtime_settings=dict(raw.get("runtime_settings") or {}))
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:
@@ -216,7 +246,7 @@ def infer_task(has_labels: bool, output_rank: int, output_name: str) -> str:
 def _spec(model_path: Path, eval_set: EvalSet, config: EvalConfig, tmp: Path, batch_sizes: tuple[int, ...]
           ) -> dict[str, Any]:
     return {
-        "model_path": str(model_path), "inputs_path": str(eval_set.path),
+        "model_path": str(model_path), "format": artifact_format(model_path), "inputs_path": str(eval_set.path),
         "outputs_path": str(tmp / "outputs.npy"), "result_path": str(tmp / "result.json"),
         "batch_sizes": list(batch_sizes), "threads": config.threads,
         "warmup_runs": config.warmup_runs, "min_runs": config.min_runs, "max_runs": config.max_runs,

@@ -36,7 +36,16 @@ from modelroll.jobs import OptimizationRequest
 from modelroll.settings import Settings
 from modelroll.types import Criteria, Role
 from optimizer.baselines import load_source
-from optimizer.evaluate import EvalConfig, EvalSet, Measurement, Stopped, evaluate, measure_quality
+from optimizer.evaluate import (
+    EvalConfig,
+    EvalSet,
+    Measurement,
+    Stopped,
+    artifact_format,
+    evaluate,
+    measure_quality,
+    runtime_meta,
+)
 from optimizer.recipes import parse_recipe, recipe_slug, search
 from optimizer.report import CandidateReport, JobReport, candidate_from_dict, evaluate_gates, summary
 from optimizer.sources import ModelSource
@@ -218,13 +227,14 @@ class JobRun:
             slug = recipe_slug(parse_recipe(chosen.recipe))
             variant = variant_name(slug if variant_name(slug, self.job_id) not in self._stored else f"{slug}-{index}",
                                    self.job_id)
-            meta = {"recipe": chosen.recipe, "requested": recipe_text, "tries": len(found.tries)}
+            meta = {"recipe": chosen.recipe, "requested": recipe_text, "tries": len(found.tries),
+                    **runtime_meta(chosen.model_path)}
             self.fence.progress((2 + 2 * index) / total, f"measuring {recipe_text} ({index + 1}/{n})")
-            measured = evaluate(chosen.onnx_path, eval_set, config, reference=base.outputs, label=variant,
+            measured = evaluate(chosen.model_path, eval_set, config, reference=base.outputs, label=variant,
                                 stop=self.stop)
             if not measured.ok or measured.figures is None:
                 return CandidateReport(name, meta, "failed", base.figures, None, error=measured.error, tries=tries)
-            self._stored[variant] = self.ctx.store.put_file(chosen.onnx_path, "onnx")
+            self._stored[variant] = self.ctx.store.put_file(chosen.model_path, artifact_format(chosen.model_path))
         gates = evaluate_gates(base.figures, measured.figures, criteria)
         meta["artifact_sha256"] = self._stored[variant].sha256
         return CandidateReport(name, meta, "measured", base.figures, measured.figures, gates, variant=variant,

@@ -1,7 +1,9 @@
-"""Child side of the evaluator: measure one ONNX model in this fresh process and write the figures as JSON.
+"""Child side of the evaluator: measure one variant in this fresh process and write the figures as JSON.
 
-Run as `python -m optimizer.measure SPEC.json` (or the spec on stdin). Imports only numpy and
-onnxruntime so that every variant pays the same fixed runtime cost, which is measured and reported.
+Run as `python -m optimizer.measure SPEC.json` (or the spec on stdin). Imports numpy and the variant's runtime
+alone (onnxruntime for an ONNX file, openvino for an IR folder), and loads that runtime's code before the
+memory reading that the model's figure starts from: the runtime's fixed cost is measured and reported beside,
+never charged to the model.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 
 KIB = 1024
+_CORE: Any = None  # OpenVINO's Core, kept alive so the CPU plugin stays loaded (its load is the runtime's cost)
 
 
 def read_memory_bytes() -> dict[str, int]:
@@ -49,7 +51,9 @@ def reset_peak() -> bool:
         return False
 
 
-def make_session(model_path: str, threads: int) -> ort.InferenceSession:
+def make_session(model_path: str, threads: int) -> Any:
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -67,10 +71,81 @@ def batch_feeds(inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.
     return feeds
 
 
-def time_runs(session: ort.InferenceSession, feeds: dict[str, np.ndarray], spec: dict[str, Any]) -> dict[str, Any]:
+class OrtModel:
+    """An ONNX file in an onnxruntime session (the settings every variant here is measured with)."""
+
+    def __init__(self, path: str, threads: int, output_name: str | None) -> None:
+        import onnxruntime as ort
+
+        self.session = make_session(path, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        outputs = self.session.get_outputs()
+        output = next((o for o in outputs if o.name == output_name), outputs[0])
+        self.output_name, self.output_rank = output.name, len(output.shape)
+        self.runtime, self.settings = f"onnxruntime {ort.__version__}", dict[str, str]()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> None:
+        self.session.run(None, feeds)
+
+    def output(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.session.run([self.output_name], feeds)[0])
+
+
+class OvModel:
+    """An OpenVINO IR folder compiled for the CPU with the settings its manifest records."""
+
+    def __init__(self, folder: str, threads: int, output_name: str | None) -> None:
+        import openvino as ov
+
+        from modelroll.openvino_ir import XML, compile_config, read_manifest
+
+        manifest = read_manifest(Path(folder))
+        self.compiled = _CORE.compile_model(str(Path(folder) / XML), "CPU", compile_config(manifest.config, threads))
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        outputs = list(self.compiled.outputs)
+        self.port = next((o for o in outputs if output_name in o.get_names()), outputs[0])
+        self.output_name = self.port.get_any_name()
+        self.output_rank = self.port.get_partial_shape().rank.get_length()
+        self.runtime, self.settings = f"openvino {ov.__version__.split('-')[0]}", dict(manifest.config)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> None:
+        self.request.infer(feeds, share_inputs=True)
+
+    def output(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self.request.infer(feeds)[self.port])
+
+
+def load_runtime(fmt: str, threads: int) -> None:
+    """Load the runtime's code and thread pool before the model's memory is measured: onnxruntime by importing it,
+    OpenVINO by also compiling and running a one-operation model (that loads its CPU plugin)."""
+    global _CORE
+    if fmt != "openvino":
+        import onnxruntime  # noqa: F401
+
+        return
+    import openvino as ov
+
+    from modelroll.openvino_ir import compile_config
+
+    _CORE = ov.Core()
+    parameter = ov.opset13.parameter([1], np.float32)
+    tiny = _CORE.compile_model(ov.Model([ov.opset13.relu(parameter)], [parameter]), "CPU",
+                               compile_config({}, threads))
+    tiny.create_infer_request().infer([np.zeros(1, np.float32)])
+    del tiny
+
+
+def load_model(spec: dict[str, Any]) -> OrtModel | OvModel:
+    if spec.get("format") == "openvino":
+        return OvModel(spec["model_path"], int(spec["threads"]), spec.get("output_name"))
+    return OrtModel(spec["model_path"], int(spec["threads"]), spec.get("output_name"))
+
+
+def time_runs(model: OrtModel | OvModel, feeds: dict[str, np.ndarray], spec: dict[str, Any]) -> dict[str, Any]:
     """Warm up, then time runs until the p95 moves by less than the tolerance (bounded by runs and time)."""
     for _ in range(int(spec["warmup_runs"])):
-        session.run(None, feeds)
+        model.run(feeds)
     min_runs, max_runs = int(spec["min_runs"]), int(spec["max_runs"])
     check_every, tolerance = int(spec["check_every"]), float(spec["p95_tolerance"])
     deadline = time.monotonic() + float(spec["max_time_s"])
@@ -82,7 +157,7 @@ def time_runs(session: ort.InferenceSession, feeds: dict[str, np.ndarray], spec:
     while len(wall_ns) < max_runs:
         c0 = time.process_time_ns()
         t0 = time.perf_counter_ns()
-        session.run(None, feeds)
+        model.run(feeds)
         t1 = time.perf_counter_ns()
         c1 = time.process_time_ns()
         wall_ns.append(t1 - t0)
@@ -117,14 +192,12 @@ def pooled(output: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray((output * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None))
 
 
-def quality_outputs(session: ort.InferenceSession, inputs: dict[str, np.ndarray], output_name: str,
-                    chunk: int) -> np.ndarray:
+def quality_outputs(model: OrtModel | OvModel, inputs: dict[str, np.ndarray], chunk: int) -> np.ndarray:
     rows = len(next(iter(inputs.values())))
     parts = []
     for start in range(0, rows, chunk):
-        feeds = {name: array[start:start + chunk] for name, array in inputs.items()}
-        (output,) = session.run([output_name], feeds)
-        parts.append(pooled(np.asarray(output), feeds).astype(np.float32))
+        feeds = {name: np.ascontiguousarray(array[start:start + chunk]) for name, array in inputs.items()}
+        parts.append(pooled(model.output(feeds), feeds).astype(np.float32))
     return np.concatenate(parts)
 
 
@@ -132,30 +205,28 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     with np.load(spec["inputs_path"], allow_pickle=False) as archive:
         all_arrays = {name: archive[name] for name in archive.files}
     batch_sizes = sorted(int(b) for b in spec["batch_sizes"])
+    load_runtime(str(spec.get("format", "onnx")), int(spec["threads"]))
     gc.collect()
     peak_reset = reset_peak()
     before = read_memory_bytes()
     t0 = time.perf_counter()
-    session = make_session(spec["model_path"], int(spec["threads"]))
+    model = load_model(spec)
     load_ms = (time.perf_counter() - t0) * 1e3
     after_load = read_memory_bytes()
-    input_names = [i.name for i in session.get_inputs()]
-    missing = [name for name in input_names if name not in all_arrays]
+    missing = [name for name in model.input_names if name not in all_arrays]
     if missing:
         raise ValueError(f"eval data has no array for model input(s) {missing}; it has {sorted(all_arrays)}")
-    inputs = {name: all_arrays[name] for name in input_names}
-    output = next((o for o in session.get_outputs() if o.name == spec.get("output_name")), session.get_outputs()[0])
-    output_name = output.name
+    inputs = {name: all_arrays[name] for name in model.input_names}
     latency, memory = [], []
     for batch_size in batch_sizes:
         feeds = batch_feeds(inputs, batch_size)
-        figures = time_runs(session, feeds, spec)
+        figures = time_runs(model, feeds, spec)
         peak = read_memory_bytes()["VmHWM"]
         latency.append({"batch_size": batch_size, **figures})
         memory.append({"batch_size": batch_size, "memory_bytes": peak - before["VmRSS"],
                        "memory_total_bytes": peak})
         del feeds
-    outputs = quality_outputs(session, inputs, output_name, max(batch_sizes, default=32))
+    outputs = quality_outputs(model, inputs, max(batch_sizes, default=32))
     if spec.get("outputs_path"):
         np.save(spec["outputs_path"], outputs)
     return {
@@ -168,10 +239,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_reset": peak_reset,
         "load_ms": load_ms,
         "threads": int(spec["threads"]),
-        "output_name": output_name,
-        "output_rank": len(output.shape),
+        "output_name": model.output_name,
+        "output_rank": model.output_rank,
         "output_shape": list(outputs.shape),
-        "onnxruntime": ort.__version__,
+        "onnxruntime": model.runtime.split(" ")[1] if model.runtime.startswith("onnxruntime") else "",
+        "runtime": model.runtime,
+        "runtime_settings": model.settings,
         "python": platform.python_version(),
         "pid": os.getpid(),
     }

@@ -42,7 +42,8 @@ MINILM_RECIPE = "int8:per_channel:smooth=0.7:exclude=1"
 
 
 def build(recipe: Recipe | str, source: ModelSource, out_dir: Path) -> Candidate:
-    """Build one candidate (see optimizer.build.build): `out_dir/model.onnx` plus a record per step."""
+    """Build one candidate (see optimizer.build.build): `out_dir/model.onnx` (or an OpenVINO IR folder) plus a
+    record per step."""
     from optimizer.build import build as run
 
     return run(recipe, source, out_dir)
@@ -52,7 +53,7 @@ def search(recipe: Recipe | str, source: ModelSource, work_dir: Path, measure_qu
            *, baseline_quality: float | None = None, max_quality_drop: float = 0.02,
            max_tries: int = 6) -> SearchResult:
     """Accuracy-aware back-off search (see optimizer.backoff.search): build, measure with the caller's
-    `measure_quality(onnx_path) -> quality in [0, 1]`, back off while the drop exceeds the budget,
+    `measure_quality(model_path) -> quality in [0, 1]`, back off while the drop exceeds the budget,
     at most `max_tries` builds; `SearchResult.tries` records every try, `.best` the passing one."""
     from optimizer.backoff import search as run
 

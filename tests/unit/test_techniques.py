@@ -153,8 +153,8 @@ def test_smoothing_keeps_the_float_function_and_moves_scales_into_the_weights(
     np.testing.assert_allclose(session(result.output_path).run(None, {"input": inputs})[0],
                                session(digits.onnx_path).run(None, {"input": inputs})[0], rtol=1e-3, atol=1e-3)
     candidate = build("int8:smooth=0.5", digits_src, tmp_path / "c")
-    assert len(int8_weights(candidate.onnx_path)) == 5
-    assert onnx_accuracy(candidate.onnx_path) >= digits.test_accuracy - 0.01
+    assert len(int8_weights(candidate.model_path)) == 5
+    assert onnx_accuracy(candidate.model_path) >= digits.test_accuracy - 0.01
 
 
 # ---- structured pruning, distillation, layer dropping ----
@@ -180,10 +180,10 @@ def test_good_recipe_keeps_accuracy_and_bad_recipe_loses_several_points(
         digits: DigitsModel, digits_src: ModelSource, tmp_path: Path) -> None:
     good = build(GOOD_RECIPE.replace("distill", "distill:steps=40"), digits_src, tmp_path / "good")
     bad = build(BAD_RECIPE, digits_src, tmp_path / "bad")
-    assert onnx_accuracy(good.onnx_path) >= digits.test_accuracy - 0.01
-    assert onnx_accuracy(bad.onnx_path) <= digits.test_accuracy - 0.03
+    assert onnx_accuracy(good.model_path) >= digits.test_accuracy - 0.01
+    assert onnx_accuracy(bad.model_path) <= digits.test_accuracy - 0.03
     for candidate in (good, bad):
-        assert candidate.onnx_path.stat().st_size < 0.1 * digits.onnx_path.stat().st_size
+        assert candidate.model_path.stat().st_size < 0.1 * digits.onnx_path.stat().st_size
         assert [r.step for r in candidate.records][-1] == "int8"
 
 
@@ -255,8 +255,8 @@ def test_minilm_is_exported_as_mean_pooled_embeddings_and_shrinks(tmp_path: Path
     candidate = build("drop-layers:0.34,prune:0.5:heads=0.25,int8:per_channel", source, tmp_path / "c")
     dropped = next(r for r in candidate.records if r.step.startswith("drop-layers")).detail["dropped"]
     assert len(dropped) == 2
-    assert candidate.onnx_path.stat().st_size < 0.3 * source.onnx_path.stat().st_size
-    out = session(candidate.onnx_path).run(None, feed)[0]
+    assert candidate.model_path.stat().st_size < 0.3 * source.onnx_path.stat().st_size
+    out = session(candidate.model_path).run(None, feed)[0]
     cosine = (out * baseline).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(baseline, axis=1)
     assert 0.5 < float(cosine.mean()) < 0.9999  # measured: shrunk without distillation, still related
 
