@@ -33,6 +33,7 @@ _LOAD_TIMEOUT_S = 120.0
 class SubprocessRunner(Runner):
     kind = "subprocess"
     measures_memory = True  # the child holds nothing but this one model
+    child_module = "router.runner_child"  # onnxruntime's child; router/runner_openvino.py has OpenVINO's
 
     def __init__(self, path: Path, threads: int = 1, load_timeout_s: float = _LOAD_TIMEOUT_S, *,
                  sha256: str | None = None, on_refused: Callable[[str], None] | None = None) -> None:
@@ -56,7 +57,7 @@ class SubprocessRunner(Runner):
     def _spawn(self) -> Signature:
         expected = [self.sha256] if self.sha256 is not None else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "router.runner_child", str(self.path), str(self.threads), *expected],
+            [sys.executable, "-m", self.child_module, str(self.path), str(self.threads), *expected],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
             cwd=str(Path(__file__).resolve().parent.parent),
         )

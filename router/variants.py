@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelroll.errors import NotFound
+from modelroll.runtimes import SERVABLE_FORMATS
 from router.runners import InlineRunner, Runner
 
 
@@ -31,6 +32,8 @@ class VariantSpec:
     production: bool = False  # what serves outside a rollout (the catalog's production variant)
     locate: Callable[[], Path] | None = field(default=None, compare=False)  # the file, resolved at load time
     sha256: str | None = None  # the artifact's recorded hash: the runner loads the file only if it matches
+    format: str = "onnx"  # onnx (onnxruntime) | openvino (an IR folder, stored as a tar)
+    built_with: str | None = None  # the runtime version the artifact was built with (checked before loading)
 
 
 class VariantSource(Protocol):
@@ -87,7 +90,7 @@ class CatalogVariantSource:
             if model_row is None:
                 raise NotFound(f"model {model!r} is not registered")
             rows = session.execute(
-                select(VariantRow.name, VariantRow.role, ArtifactRow.sha256, ArtifactRow.format)
+                select(VariantRow.name, VariantRow.role, ArtifactRow.sha256, ArtifactRow.format, VariantRow.recipe)
                 .join(ArtifactRow, ArtifactRow.id == VariantRow.artifact_id)
                 .where(VariantRow.model_id == model_row.id, VariantRow.retired_at.is_(None))
             ).all()
@@ -96,8 +99,9 @@ class CatalogVariantSource:
         # The hash check reads the whole file: done by the runner, on the bytes it loads, for the variants loaded.
         return [
             VariantSpec(model=model, name=name, role=role, locate=partial(self._store.stored_path, sha),
-                        sha256=sha, production=name == serving_name)
-            for name, role, sha, fmt in rows if fmt == "onnx"
+                        sha256=sha, production=name == serving_name, format=fmt,
+                        built_with=(recipe or {}).get("runtime_version") if fmt != "onnx" else None)
+            for name, role, sha, fmt, recipe in rows if fmt in SERVABLE_FORMATS
         ]
 
 
@@ -113,6 +117,11 @@ def load_runner(spec: VariantSpec, default_runner: str, threads: int,
     if path is None:
         raise NotFound(f"variant {spec.name!r} of model {spec.model!r} has neither a file nor a URL")
     kind = spec.runner or default_runner
+    if spec.format == "openvino":
+        from router.runner_openvino import load_openvino
+
+        return load_openvino(Path(path), kind, threads, model=spec.model, name=spec.name, sha256=spec.sha256,
+                             built_with=spec.built_with, on_refused=on_refused)
     if kind == "subprocess":
         from router.runner_subprocess import SubprocessRunner
 
