@@ -282,6 +282,8 @@ def apply_command(ctx: ApiContext, who: Principal, rollout_id: int, expected_ver
             before = summary(row)
             command = Command(kind=kind, actor=who.actor, role=who.role, reason=reason, weight_pct=weight_pct)
             transition = step(state_of(row), datetime.now(UTC), command=command)
+            if not transition.changed:  # already in that state (pause a paused rollout): the same version back
+                return rollout_json(row)
             write(session, row, transition)
             session.flush()
             audit(session, who.actor, f"rollout.{kind}", "rollout", rollout_id, before, summary(row))

@@ -172,7 +172,8 @@ def register(app: typer.Typer) -> None:
         def run(ctx: typer.Context, rollout_id: Annotated[int, typer.Argument(help="Rollout id.")],
                 reason: ReasonOpt = "", url: UrlOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
             r = Api(settings_of(ctx), url, token).command(rollout_id, verb, {"reason": reason})
-            _emit(r, as_json, console, _line(r))
+            already = "" if r["changed"] else f"rollout {rollout_id} is already {r['phase']}: nothing to do\n"
+            _emit(r, as_json, console, already + _line(r))
         run.__doc__ = doc
         rollout.command(name)(run)
 

@@ -70,9 +70,12 @@ class Api:
         return response
 
     def command(self, rollout_id: int, verb: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST the command with the version just read as If-Match; the answer's `changed` says whether it did
+        anything (pausing a paused rollout does not)."""
         etag = self.call("GET", f"/v1/rollouts/{rollout_id}").headers.get("etag", "")
         answer: dict[str, Any] = self.call("POST", f"/v1/rollouts/{rollout_id}/{verb}", json=body,
                                            headers={"If-Match": etag}).json()
+        answer["changed"] = f'"{answer.get("version")}"' != etag.removeprefix("W/")
         return answer
 
 

@@ -42,6 +42,7 @@ class CommandRule:
     phases: frozenset[Phase]
     role: str
     applies_to: str
+    already: frozenset[Phase] = frozenset()  # phases where the command has nothing to do: no change, no error
 
 
 # The manual commands: which phases each applies to and the least role it needs.
@@ -49,8 +50,10 @@ _UNFINISHED = frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.P
 
 COMMANDS: Mapping[str, CommandRule] = {
     "pause": CommandRule(frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.WAITING_APPROVAL}),
-                         "operator", "pending, shadow, progressing or waiting_approval rollouts"),
-    "resume": CommandRule(frozenset({Phase.PAUSED}), "operator", "paused rollouts"),
+                         "operator", "pending, shadow, progressing or waiting_approval rollouts",
+                         already=frozenset({Phase.PAUSED})),
+    "resume": CommandRule(frozenset({Phase.PAUSED}), "operator", "paused rollouts",
+                          already=frozenset({Phase.PENDING, Phase.SHADOW, Phase.PROGRESSING, Phase.WAITING_APPROVAL})),
     "set_weight": CommandRule(frozenset({Phase.SHADOW, Phase.PROGRESSING, Phase.PAUSED, Phase.WAITING_APPROVAL}),
                               "operator", "shadow, progressing, paused or waiting_approval rollouts"),
     "promote": CommandRule(_UNFINISHED, "admin", "rollouts that are not finished"),
@@ -399,6 +402,8 @@ def _apply_command(state: RolloutState, now: datetime, command: Command) -> Tran
     verb = command.kind.replace("_", "-")
     if ROLES.index(command.role) < ROLES.index(rule.role):
         raise Forbidden(f"{verb} needs the {rule.role} role; {command.actor} is {command.role}")
+    if state.phase in rule.already:
+        return Transition(state)  # e.g. pausing a paused rollout: nothing to do, nothing recorded
     if state.phase not in rule.phases:
         raise Conflict(f"cannot {verb} rollout {state.rollout_id}: it is {state.phase.value}; "
                        f"{verb} applies to {rule.applies_to}")
@@ -417,9 +422,10 @@ def _apply_command(state: RolloutState, now: datetime, command: Command) -> Tran
                      hold="paused", resume_phase=resume)
     if command.kind == "resume":
         back = state.resume_phase or Phase.PENDING
-        weight = spec.steps[state.step_index].weight_pct if back is not Phase.PENDING else 0.0
+        planned = spec.steps[state.step_index].weight_pct if back is not Phase.PENDING else 0.0
+        weight, rule_text = _resumed_weight(state, planned)
         return _move(state, back, kind="resumed", actor=command.actor, now=now,
-                     reason=f"resumed at {_describe_step(spec, state.step_index)}{who}",
+                     reason=f"resumed at {_describe_step(spec, state.step_index)}{rule_text}{who}",
                      hold="", resume_phase=None, weight_pct=weight, step_started_at=now, deadline_noted=False,
                      waiting_since=now if back is Phase.WAITING_APPROVAL else None)
     if command.kind == "set_weight":
@@ -434,6 +440,15 @@ def _apply_command(state: RolloutState, now: datetime, command: Command) -> Tran
                      hold="", resume_phase=None)
     return _move(state, Phase.ABORTED, kind="aborted", actor=command.actor, now=now,
                  reason=f"aborted{who}", hold="", resume_phase=None)
+
+
+def _resumed_weight(state: RolloutState, planned: float) -> tuple[float, str]:
+    """A weight set by hand is kept on resume unless the step's own weight is higher; the reason says which."""
+    if state.hold != "manual" or state.started_at is None or state.weight_pct == planned:
+        return planned, ""
+    if state.weight_pct > planned:
+        return state.weight_pct, f", keeping the {state.weight_pct:g} % set by hand (above the step's {planned:g} %)"
+    return planned, f", at the step's {planned:g} % (higher than the {state.weight_pct:g} % set by hand)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,3 +130,11 @@ def test_pipeline_verbs_exit_with_the_rollouts_outcome(world: World, url: str) -
     assert f"{url}/rollouts/1" in r.output
     r = run(world, url, "rollout", "status", "99")
     assert r.exit_code == 1 and "list them with `modelroll rollout list`" in r.output, r.output
+
+
+def test_pause_and_resume_twice_say_already_and_exit_0(world: World, url: str) -> None:
+    assert run(world, url, "rollout", "create", "--model", "digits", "--candidate", "int8").exit_code == 0
+    first = run(world, url, "rollout", "pause", "1")
+    assert first.exit_code == 0 and "already" not in first.output
+    again = run(world, url, "rollout", "pause", "1")
+    assert again.exit_code == 0 and "rollout 1 is already paused: nothing to do" in again.output, again.output

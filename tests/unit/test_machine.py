@@ -175,13 +175,27 @@ def test_pause_holds_the_schedule_and_resume_restarts_the_step_clock() -> None:
     assert step(r.state, at(112), ev(Verdict.PASS)).state.step_index == 2
 
 
-def test_set_weight_holds_until_resume_which_restores_the_step_weight() -> None:
-    s = step(started(), at(20), ev(Verdict.PASS)).state
+def test_resume_keeps_a_weight_set_by_hand_unless_the_steps_own_is_higher() -> None:
+    s = step(started(), at(20), ev(Verdict.PASS)).state  # step 2: 10 %
     w = step(s, at(21), command=cmd("set_weight", weight_pct=40))
     assert w.state.phase is Phase.PAUSED and w.state.hold == "manual"
     assert splits(w) == [PublishSplit({"fp32": 60.0, "int8": 40.0}, None, 1, "fp32")]
-    r = step(w.state, at(30), command=cmd("resume"))
-    assert splits(r) == [PublishSplit({"fp32": 90.0, "int8": 10.0}, None, 1, "fp32")]
+    kept = step(w.state, at(30), command=cmd("resume"))
+    assert kept.state.phase is Phase.PROGRESSING and kept.state.weight_pct == 40.0 and not splits(kept)
+    assert "keeping the 40 % set by hand (above the step's 10 %)" in kept.state.reason
+    lower = step(step(s, at(21), command=cmd("set_weight", weight_pct=2)).state, at(30), command=cmd("resume"))
+    assert splits(lower) == [PublishSplit({"fp32": 90.0, "int8": 10.0}, None, 1, "fp32")]
+    assert "at the step's 10 % (higher than the 2 % set by hand)" in lower.state.reason
+
+
+def test_pause_and_resume_are_idempotent() -> None:
+    s = step(started(), at(20), ev(Verdict.PASS)).state
+    assert not step(s, at(21), command=cmd("resume")).changed  # already running: nothing to do, nothing recorded
+    paused = step(s, at(21), command=cmd("pause")).state
+    again = step(paused, at(22), command=cmd("pause"))
+    assert not again.changed and again.state == paused
+    with pytest.raises(Conflict, match="cannot resume rollout 7: it is aborted"):
+        step(step(paused, at(23), command=cmd("abort")).state, at(24), command=cmd("resume"))
 
 
 def test_promote_now_needs_admin_and_is_an_override() -> None:
@@ -232,8 +246,8 @@ def test_illegal_commands_get_one_clear_conflict() -> None:
     for kind in COMMANDS:
         with pytest.raises(Conflict, match=f"it is promoted; {kind.replace('_', '-')} applies to"):
             step(promoted, at(2), command=cmd(kind, role="admin", weight_pct=5))
-    with pytest.raises(Conflict):
-        step(started(), at(1), command=cmd("resume"))
+    with pytest.raises(Conflict, match="cannot approve rollout 7: it is shadow"):
+        step(started(), at(1), command=cmd("approve"))
 
 
 def test_bad_commands_are_invalid_input() -> None:
