@@ -27,6 +27,9 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/rollouts/{rollout_id}/weight"): {"weight_pct": 5},
     ("POST", "/v1/models/{name}/rollback"): {"to": "fp32"},
     ("POST", "/v1/optimizations"): {"model": "digits"},
+    ("POST", "/v1/rollouts/{rollout_id}/approve"): {"reason": "looks good"},
+    ("POST", "/v1/apply"): {"apiVersion": "modelroll/v1", "kind": "Rollout", "metadata": {"name": "r1"},
+                            "spec": {"model": "digits", "candidate": "int8"}},
 }
 PATH_VALUES = {"{rollout_id}": "1", "{job_id}": "1", "{name}": "digits", "{variant}": "int8"}
 
@@ -60,7 +63,10 @@ def api_calls(app: FastAPI) -> list[tuple[str, str, Any]]:
             path = template
             for placeholder, value in PATH_VALUES.items():
                 path = path.replace(placeholder, value)
-            calls.append((method.upper(), path, BODIES.get((method.upper(), template))))
+            body = BODIES.get((method.upper(), template))
+            required = operations[method].get("requestBody", {}).get("required", False)
+            assert body is not None or not required, f"give BODIES a valid body for {method.upper()} {template}"
+            calls.append((method.upper(), path, body))
     assert len(calls) >= 15, calls
     return calls
 
