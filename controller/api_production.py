@@ -99,7 +99,8 @@ def roll_back(ctx: ApiContext, who: Principal, name: str, body: RollbackIn) -> d
             revision = production.set_production(
                 session, model, target, action=production.ROLLBACK, actor=who.actor,
                 reason=body.reason or f"rolled back to {target.name!r} by {who.actor}",
-                expected_revision=body.expected_revision)
+                # What this undo decided from: a promotion that committed meanwhile makes it a 409, not a second change
+                expected_revision=body.expected_revision if body.expected_revision is not None else before.revision)
             audit(session, who.actor, "model.rollback", "model", name, before.to_dict(), revision.to_dict())
             aborted_summary = summary(active) if active is not None else None
     except (StaleDataError, IntegrityError):

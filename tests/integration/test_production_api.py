@@ -143,23 +143,25 @@ def test_concurrent_promotion_and_rollback_one_wins_the_other_gets_409(client: T
     rollout = _rollout(client, world)
     etag = client.get(f"/v1/rollouts/{rollout['id']}", headers=world.auth("viewer")).headers["etag"]
     answers: dict[str, int] = {}
+    bodies: dict[str, str] = {}
     barrier = threading.Barrier(2)
 
     def promote() -> None:
         barrier.wait()
-        answers["promote"] = client.post(f"/v1/rollouts/{rollout['id']}/promote",
-                                         headers={**world.auth("admin"), "If-Match": etag}).status_code
+        r = client.post(f"/v1/rollouts/{rollout['id']}/promote", headers={**world.auth("admin"), "If-Match": etag})
+        answers["promote"], bodies["promote"] = r.status_code, r.text
 
     def undo() -> None:
         barrier.wait()
-        answers["rollback"] = _rollback(client, world, to="int8", abort_active=True).status_code
+        r = _rollback(client, world, to="int8", abort_active=True)
+        answers["rollback"], bodies["rollback"] = r.status_code, r.text
 
     threads = [threading.Thread(target=promote), threading.Thread(target=undo)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(answers.values()) == [200, 409], answers
+    assert sorted(answers.values()) == [200, 409], bodies
     with world.session_factory() as session:
         assert session.scalar(select(func.count()).select_from(ProductionRevisionRow)) == 2  # one change, not two
     assert _serving(client, world) == ("int8", 2)
@@ -169,7 +171,7 @@ def test_the_models_rollback_and_history_verbs(world: World) -> None:
     from typer.testing import CliRunner
 
     from controller.app import create_app
-    from modelroll.cli import app as cli_app
+    from modelroll_app.main import app as cli_app
     from tests.loopback import ServedApp
 
     served = ServedApp(create_app(world.settings, world.channel, world.session_factory), "controller-api")
