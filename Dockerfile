@@ -23,6 +23,7 @@ COPY constraints.txt pyproject.toml README.md* ./
 RUN [ -n "${PIP_INDEX_URL}" ] || unset PIP_INDEX_URL; [ -n "${PIP_FIND_LINKS}" ] || unset PIP_FIND_LINKS; \
     pip install -c constraints.txt --index-url "${TORCH_INDEX_URL}" torch==2.13.0
 COPY modelroll ./modelroll
+COPY modelroll_app ./modelroll_app
 COPY optimizer ./optimizer
 COPY router ./router
 COPY controller ./controller

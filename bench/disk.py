@@ -23,12 +23,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from modelroll import up
 from modelroll.artifacts import ArtifactStore
 from modelroll.db import OptimizationJobRow
 from modelroll.jobs import OptimizationRequest, submit_job
 from modelroll.settings import Settings
-from modelroll.traffic import Traffic
+from modelroll_app import up
+from modelroll_app.traffic import Traffic
 
 TOKEN = "mr_bench_disk_token"
 RECIPES = ("prune:0.5,distill,int8", "int8")

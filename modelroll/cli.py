@@ -256,37 +256,8 @@ def models_list(
     (console if console.is_terminal else Console(width=200)).print(table)
 
 
-def main() -> None:
-    """Console entry point `modelroll` (pyproject); errors and exit codes are handled by ModelrollGroup."""
-    app()
-
-
 # ─── Verbs ────────────────────────────────────────────────────────────────────────────────────────────
-# Every group of verbs is added here, kernel and services alike. A service exposes
-# `register(app: typer.Typer) -> None` in its own `<service>/cli.py` and adds two lines below,
-# e.g. `from optimizer.cli import register as _register_optimizer` + `_register_optimizer(app)`.
-# Inside a verb: `settings_of(ctx)` for the Settings, `session_scope(settings)` for the database;
-# raise modelroll errors, ModelrollGroup prints them. Keep heavy imports (torch, onnxruntime)
-# inside the verb functions so `modelroll --help` stays fast.
+# The kernel's own groups; each service's verbs (and up/demo/traffic) are added by the composition root,
+# modelroll_app/main.py, so that the kernel imports no service.
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
-
-from router.cli import register as _register_router  # noqa: E402
-
-_register_router(app)
-
-from controller.cli import register as _register_controller  # noqa: E402
-
-_register_controller(app)
-
-from optimizer.cli import register as _register_optimizer  # noqa: E402
-
-_register_optimizer(app)
-
-from modelroll.cli_up import register as _register_up  # noqa: E402
-
-_register_up(app)
-
-from modelroll.cli_gc import register as _register_gc  # noqa: E402
-
-_register_gc(app, models_app)

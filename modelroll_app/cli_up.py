@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not run an optimizer worker.")] = False,
     ) -> None:
         """Run router, controller and worker together (embedded by default; backends from MODELROLL_* settings)."""
-        from modelroll import up
+        from modelroll_app import up
 
         settings = settings_of(ctx)
         services = up.start(settings, worker=not no_worker, log_level=settings.log_level.lower())
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.console import Console
 
-        from modelroll import demo
+        from modelroll_app import demo
 
         settings = demo.demo_settings(settings_of(ctx), router_port, controller_port)
         if settings.log_level.upper() == "INFO":  # the default: the demo's own output tells the story
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         import time
 
         from modelroll.errors import InvalidInput
-        from modelroll.traffic import Traffic
+        from modelroll_app.traffic import Traffic
         from optimizer.sources import digits_eval_set
 
         settings = settings_of(ctx)

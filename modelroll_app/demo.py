@@ -21,13 +21,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
-from modelroll import up
 from modelroll.db import OptimizationJobRow, RolloutEventRow, RolloutRow
 from modelroll.errors import Unavailable
 from modelroll.live import open_channel
 from modelroll.settings import Settings
-from modelroll.traffic import Traffic
 from modelroll.types import Criteria, Step, step_to_dict
+from modelroll_app import up
+from modelroll_app.traffic import Traffic
 
 MODEL = "digits"
 TERMINAL = ("promoted", "rolled_back", "aborted", "failed")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from modelroll.up import bind, url_of
+from modelroll_app.up import bind, url_of
 
 
 def free_port() -> int:

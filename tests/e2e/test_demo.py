@@ -15,10 +15,10 @@ from rich.console import Console
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from modelroll import demo
 from modelroll.db import RolloutEventRow, RolloutRow
 from modelroll.settings import Settings
 from modelroll.types import Step
+from modelroll_app import demo
 
 pytestmark = pytest.mark.timeout(600)
 

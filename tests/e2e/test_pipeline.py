@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from modelroll import up
 from modelroll.artifacts import ArtifactStore
 from modelroll.settings import Settings
-from modelroll.traffic import Traffic
+from modelroll_app import up
+from modelroll_app.traffic import Traffic
 from tests.e2e.processes import MODELROLL, cli
 from tests.e2e.test_lifecycle import _cache
 

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from controller.app import create_app
-from modelroll.cli import app as cli_app
 from modelroll.db import ModelRow, RolloutRow, VariantRow
+from modelroll_app.main import app as cli_app
 from tests.integration.controller_world import World, make_world
 from tests.integration.test_apply_api import tiny_onnx
 from tests.integration.test_approval import leader, to_waiting

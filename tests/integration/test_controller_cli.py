@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from controller.app import create_app
-from modelroll.cli import app as cli_app
+from modelroll_app.main import app as cli_app
 from tests.integration.controller_world import World, good_samples
 from tests.loopback import ServedApp
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from modelroll.cli import app
+from modelroll_app.main import app
 from tests.integration.test_worker import tiny_mlp
 from tests.tiny_onnx import write_unsorted_graph
 

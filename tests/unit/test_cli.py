@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from modelroll import __version__
-from modelroll.cli import app
+from modelroll_app.main import app
 from tests.tiny_onnx import write_linear, write_unsorted_graph
 
 
