@@ -5,7 +5,8 @@ memory readings and labels by request id, so every decision can be replayed from
 exact readings under `memory_exact_bytes`, and per runner kind the readings of runners that cannot measure
 (`memory_unmeasured`); the `memory_bytes` of rows written before that distinction is read by nothing, since
 it may hold estimates. A router's report that it cannot serve the variant is kept as `cannot_serve` (the
-newest reason, when, how many reports).
+newest reason, when, how many reports). In shadow steps each answer's classes are kept by request id
+(`predictions`), so the shadow pairs' agreement (controller/strata.py) bounds accuracy before any label.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from controller import window_data
+from controller import strata, window_data
 from controller.observations import ArmObservations, Observations, PairedCounts
 from controller.window_data import WindowData
 from modelroll.db import SampleCursorRow, SampleWindowRow
@@ -42,6 +43,7 @@ class Route:
     baseline: str
     candidate: str
     step_index: int
+    shadow_steps: frozenset[int] = frozenset()  # steps that mirror requests to the candidate: keep predictions
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +72,9 @@ class Window:
     total_sum_ms: float = 0.0
     memory_unmeasured: dict[str, int] = field(default_factory=dict)
     cannot_serve: dict[str, Any] = field(default_factory=dict)  # {"reason", "at", "reports"} of the newest report
+    predictions: dict[str, str] = field(default_factory=dict)  # request id -> classes ("3" or "3,1,7"), shadow steps
 
-    def add(self, sample: Sample) -> None:
+    def add(self, sample: Sample, keep_prediction: bool = False) -> None:
         if sample.kind == "request":
             self.requests += 1
             self.shadow_requests += int(sample.shadow)
@@ -80,6 +83,8 @@ class Window:
                 self.latency_ms.append(float(sample.latency_ms))
                 self.latency_sum_ms += sample.latency_ms
                 self.total_sum_ms += sample.total_ms
+                if keep_prediction and sample.request_id and isinstance(sample.prediction, list) and sample.prediction:
+                    self.predictions[sample.request_id] = ",".join(str(v) for v in sample.prediction)
             else:
                 self.errors += 1
         elif sample.kind == "memory":
@@ -111,6 +116,8 @@ class Window:
         data["memory_exact_bytes"] = [*data.get("memory_exact_bytes", []), *self.memory_bytes]
         data["memory_unmeasured"] = _add_counts(data.get("memory_unmeasured", {}), self.memory_unmeasured)
         data["labels"] = {**data.get("labels", {}), **self.labels}
+        if self.predictions:
+            data["predictions"] = {**data.get("predictions", {}), **self.predictions}
         data["total_sum_ms"] = float(data.get("total_sum_ms", 0.0)) + self.total_sum_ms
         if self.cannot_serve:
             data["cannot_serve"] = _newer_report(data.get("cannot_serve", {}), self.cannot_serve)
@@ -155,15 +162,19 @@ def fold(samples: Iterable[Sample], routes: Mapping[int, Route], by_model: Mappi
         start = datetime.fromtimestamp(sample.ts - sample.ts % window_s, tz=UTC)
         step_index = sample.step if sample.step is not None else route.step_index
         key = WindowKey(route.rollout_id, sample.variant, step_index, start)
-        windows.setdefault(key, Window()).add(sample)
+        # Shadow pairs need both answers: the baseline's in a shadow step, the candidate's mirrored call.
+        keep = sample.shadow or (step_index in route.shadow_steps and sample.variant == route.baseline)
+        windows.setdefault(key, Window()).add(sample, keep)
     return windows, skipped
 
 
 def observations(windows: Sequence[SampleWindowRow | WindowData], baseline: str, candidate: str, looks: int = 1,
-                 offline_memory_bytes: tuple[int | None, int | None] = (None, None)) -> Observations:
+                 offline_memory_bytes: tuple[int | None, int | None] = (None, None),
+                 carried: Mapping[str, tuple[float, float]] | None = None) -> Observations:
     """Both arms since the rollout started (cumulative over steps), from its windows in time order (rows, or the
-    window cache's compact form of them: the same observations either way);
-    `offline_memory_bytes` is the optimizer's (baseline, candidate) figure, shown beside the live one."""
+    window cache's compact form of them: the same observations either way), with the strata of the difference
+    sequences (controller/strata.py); `offline_memory_bytes` is the optimizer's (baseline, candidate) figure, shown
+    beside the live one; `carried` the running intervals of the look before (controller/criterion.py)."""
     ordered = sorted((w if isinstance(w, WindowData) else WindowData.of(w) for w in windows),
                      key=lambda w: (w.window_start, w.id))
 
@@ -182,9 +193,13 @@ def observations(windows: Sequence[SampleWindowRow | WindowData], baseline: str,
     def labels(variant: str) -> tuple[np.ndarray, np.ndarray]:
         return window_data.merged_labels([w for w in ordered if w.variant == variant])
 
+    base_labels, cand_labels = labels(baseline), labels(candidate)
+    label_blocks, request_blocks = strata.blocks(ordered, baseline, candidate)
     return Observations(baseline=arm(baseline, offline_memory_bytes[0]),
                         candidate=arm(candidate, offline_memory_bytes[1]),
-                        paired=window_data.paired(labels(baseline), labels(candidate)), looks=looks)
+                        paired=window_data.paired(base_labels, cand_labels), looks=looks,
+                        agreement=strata.agreement(ordered, baseline, candidate, (base_labels, cand_labels)),
+                        labels=label_blocks, requests=request_blocks, carried=dict(carried or {}))
 
 
 def pair(baseline: Mapping[str, bool], candidate: Mapping[str, bool]) -> PairedCounts:

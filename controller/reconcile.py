@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from controller import aggregate, stats
+from controller import aggregate, criterion, stats
 from controller.fencing import StaleLeader, fenced, take_office
 from controller.leader import LeaderElector
 from controller.machine import Evaluation, Transition, result_to_dict, step
@@ -46,7 +46,7 @@ from modelroll.errors import Unavailable
 from modelroll.figures import Figures
 from modelroll.live.base import LiveChannel
 from modelroll.settings import Settings
-from modelroll.types import TERMINAL_PHASES, Criteria, CriterionResult, Phase, Verdict
+from modelroll.types import DEFAULT_STEPS, TERMINAL_PHASES, Criteria, CriterionResult, Phase, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,14 @@ CATALOG_POLL_S = 0.05  # how often the leader looks for catalog changes made whe
 
 Evaluate = Callable[[Criteria, Any], list[CriterionResult]]
 Overall = Callable[[Sequence[CriterionResult]], Verdict]
+
+
+def _shadow_steps(spec: Mapping[str, Any]) -> frozenset[int]:
+    """The steps of a stored spec that mirror requests to the candidate (the default steps when none are given)."""
+    steps = spec.get("steps")
+    if steps is None:
+        return frozenset(i for i, step in enumerate(DEFAULT_STEPS) if step.shadow)
+    return frozenset(i for i, step in enumerate(steps) if isinstance(step, Mapping) and step.get("shadow"))
 
 
 def default_holder() -> str:
@@ -177,10 +185,14 @@ class Reconciler:
     def _evaluate(self, session: Session, row: RolloutRow, now: datetime) -> tuple[Evaluation, dict[str, Any]]:
         state = state_of(row)
         spec = state.spec
-        looks = int((row.evaluation or {}).get("looks", 0)) + 1
+        previous = row.evaluation or {}
+        looks = int(previous.get("looks", 0)) + 1
         windows = self.windows.load(session, row.id)
+        # The running intervals the last look left (its record is this rollout's `evaluation`): this look intersects
+        # them, so a verdict never goes back; each result records what it was carried, so every decision replays.
         obs = aggregate.observations(windows, spec.baseline, spec.candidate, looks=looks,
-                                     offline_memory_bytes=self._offline_memory(session, row))
+                                     offline_memory_bytes=self._offline_memory(session, row),
+                                     carried=criterion.carry(previous.get("results") or []))
         results = self.evaluate(spec.criteria, obs)
         verdict = self.overall(results)
         base_n, cand_n = aggregate.step_counts(session, row.id, state.step_index, spec.baseline, spec.candidate)
@@ -265,7 +277,7 @@ class Reconciler:
         with self.session_factory() as session:
             rows = session.scalars(query).all()
             routes = {r.id: aggregate.Route(r.id, model_name(session, r), r.spec["baseline"], r.spec["candidate"],
-                                            r.step_index) for r in rows}
+                                            r.step_index, _shadow_steps(r.spec)) for r in rows}
         by_model = {route.model: route for route in sorted(routes.values(), key=lambda r: r.rollout_id)}
         return routes, by_model
 

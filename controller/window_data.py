@@ -9,7 +9,7 @@ and the arms and shadow pairs are built with array operations that give exactly 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -43,11 +43,16 @@ class WindowData:
     cannot_serve: Mapping[str, Any]
     label_ids: np.ndarray  # bytes: each labelled request id as UTF-8 + 0xFF, in the row's order
     label_correct: np.ndarray  # bool, beside label_ids
+    # Shadow steps: each answered request's id and its prediction (the classes of its rows, as "3" or "3,1,7"),
+    # for the shadow pairs' agreement; rows written before predictions were kept have none.
+    prediction_ids: np.ndarray = field(default_factory=lambda: _NO_IDS)
+    predictions: np.ndarray = field(default_factory=lambda: _NO_IDS)
 
     @classmethod
     def of(cls, row: SampleWindowRow) -> WindowData:
         data = row.data or {}
         labels: Mapping[str, Any] = data.get("labels") or {}
+        predictions: Mapping[str, Any] = data.get("predictions") or {}
         return cls(
             id=row.id or 0, variant=row.variant, window_start=row.window_start,
             requests=row.requests or 0, errors=row.errors or 0, labelled=row.labelled or 0, correct=row.correct or 0,
@@ -57,12 +62,16 @@ class WindowData:
             label_ids=encode_ids(labels) if labels else _NO_IDS,
             label_correct=np.fromiter((bool(v) for v in labels.values()), dtype=np.bool_, count=len(labels))
             if labels else _NO_FLAGS,
+            prediction_ids=encode_ids(predictions) if predictions else _NO_IDS,
+            predictions=np.array([str(v).encode() for v in predictions.values()], dtype=np.bytes_)
+            if predictions else _NO_IDS,
         )
 
     @property
     def nbytes(self) -> int:
         """Bytes its arrays hold (what the window costs beyond a fixed ~1 KiB of objects)."""
-        return sum(a.nbytes for a in (self.latency_ms, self.memory_exact_bytes, self.label_ids, self.label_correct))
+        return sum(a.nbytes for a in (self.latency_ms, self.memory_exact_bytes, self.label_ids, self.label_correct,
+                                      self.prediction_ids, self.predictions))
 
 
 def encode_ids(ids: Iterable[str]) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -79,6 +80,33 @@ def test_rollout_driven_by_recorded_samples_promotes(world: World) -> None:
     assert all(e.fencing_token == rec.elector.token() for e in evs[1:])
     assert evs[2].evidence["verdict"] == "pass" and len(evs[2].evidence["results"]) == 5
     assert rec.counts["samples_folded"] > 4000
+
+
+def test_shadow_answers_pass_accuracy_before_any_label_and_the_next_look_carries_the_interval(world: World) -> None:
+    rid = create(world, [{"weight_pct": 0, "shadow": True, "min_duration_s": 3600, "min_samples": 100},
+                         {"weight_pct": 100, "min_duration_s": 0, "min_samples": 100}])
+    rec = lead(world)
+    rec.tick()
+    # Both arms answer every request alike and no label comes back: only the label-free bound can decide.
+    unlabelled = [replace(s, prediction=[1]) if s.kind == "request" else s
+                  for s in good_samples(rid, 0, 3000, 3_000_000.0, shadow=True, seed=7) if s.kind != "feedback"]
+    world.channel.append_samples(unlabelled)
+    rec.tick()
+
+    def accuracy() -> dict[str, Any]:
+        with world.session_factory() as s:
+            row = s.get(RolloutRow, rid)
+            assert row is not None
+            return next(r for r in row.evaluation["results"] if r["criterion"] == "accuracy")
+
+    first = accuracy()
+    assert first["verdict"] == "pass", first["message"]
+    assert "agreement 100.0 % [99." in first["message"] and "accuracy can drop at most 0." in first["message"]
+    assert "carried" not in first["sequences"]["accuracy"]
+    rec.tick()  # nothing new: the next look carries the first look's interval
+    second = accuracy()
+    assert second["verdict"] == "pass"
+    assert second["sequences"]["accuracy"]["carried"] == [first["ci_low"], first["ci_high"]]
 
 
 def test_candidate_errors_roll_back_at_once(world: World) -> None:

@@ -153,3 +153,67 @@ def test_cannot_serve_reports_keep_the_newest_reason_across_windows_and_merges()
     assert obs.candidate.cannot_serve == "artifact hash mismatch: newest" and obs.baseline.cannot_serve == ""
     assert observations(rows(fold([req("int8", 100.0, 3.0)], ROUTES, BY_MODEL)[0]), "fp32", "int8") \
         .candidate.cannot_serve == ""
+
+
+SHADOW_ROUTE = Route(rollout_id=4, model="digits", baseline="fp32", candidate="int8", step_index=0,
+                     shadow_steps=frozenset({0}))
+
+
+def answer(variant: str, ts: float, request_id: str, prediction: list[int], step: int = 0,
+           shadow: bool = False, status: str = "ok") -> Sample:
+    return Sample(kind="request", model="digits", variant=variant, ts=ts, rollout_id=4, step=step,
+                  request_id=request_id, latency_ms=1.0, status=status, shadow=shadow, prediction=prediction)
+
+
+def label(variant: str, ts: float, request_id: str, correct: bool, shadow: bool = False) -> Sample:
+    return Sample(kind="feedback", model="digits", variant=variant, ts=ts, rollout_id=4, step=0,
+                  request_id=request_id, correct=correct, shadow=shadow)
+
+
+def test_predictions_are_kept_only_where_shadow_pairs_can_form() -> None:
+    samples = [answer("fp32", 100.0, "a", [3]), answer("int8", 100.0, "a", [3], shadow=True),
+               answer("fp32", 101.0, "b", [1, 2]), answer("int8", 101.0, "b", [1, 7], shadow=True),
+               answer("fp32", 102.0, "c", [4], status="error"),  # no answer, no prediction
+               answer("fp32", 103.0, "d", [5], step=1), answer("int8", 103.0, "e", [5], step=1)]  # split traffic
+    windows, _ = fold(samples, {4: SHADOW_ROUTE}, {"digits": SHADOW_ROUTE})
+    by = {(k.variant, k.step_index): rows({k: w})[0].data for k, w in windows.items()}
+    assert by[("fp32", 0)]["predictions"] == {"a": "3", "b": "1,2"}
+    assert by[("int8", 0)]["predictions"] == {"a": "3", "b": "1,7"}
+    assert "predictions" not in by[("fp32", 1)] and "predictions" not in by[("int8", 1)]
+
+
+def test_agreement_counts_pairs_differences_and_who_was_right_per_slot_of_the_request() -> None:
+    samples = [answer("fp32", 100.0, r, [p]) for r, p in (("a", 1), ("b", 2), ("c", 3), ("d", 4))]
+    samples += [answer("int8", 100.5, r, [p], shadow=True) for r, p in (("a", 1), ("b", 9), ("c", 8))]
+    samples += [answer("fp32", 110.0, "e", [5]), answer("int8", 110.0, "e", [6], shadow=True)]
+    # Labels come back later (another window): b only the baseline right, c neither right, e not labelled yet.
+    samples += [label("fp32", 130.0, "b", True), label("int8", 130.0, "b", False, shadow=True),
+                label("fp32", 130.0, "c", False), label("int8", 130.0, "c", False, shadow=True),
+                label("fp32", 130.0, "a", True), label("int8", 130.0, "a", True, shadow=True)]
+    windows, _ = fold(samples, {4: SHADOW_ROUTE}, {"digits": SHADOW_ROUTE})
+    a = observations(rows(windows), "fp32", "int8").agreement
+    assert a.pairs.tolist() == [3, 1, 0]  # slots at 100, 110 and 130 (labels only)
+    assert a.disagree.tolist() == [2, 1, 0]
+    assert (a.baseline_only.tolist(), a.candidate_only.tolist(), a.neither.tolist()) == ([1, 0, 0], [0, 0, 0],
+                                                                                         [1, 0, 0])
+
+
+def test_windows_written_before_predictions_were_kept_read_as_no_agreement() -> None:
+    old = SampleWindowRow(id=1, rollout_id=4, variant="fp32", step_index=0,
+                          window_start=datetime.fromtimestamp(100, UTC), window_end=datetime.fromtimestamp(110, UTC),
+                          requests=3, errors=0, labelled=2, correct=2,
+                          data={"latency_ms": [1.0, 2.0, 3.0], "labels": {"a": True, "b": True}})
+    obs = observations([old], "fp32", "int8")
+    assert obs.agreement.n == 0 and obs.paired.n == 0
+    assert obs.labels is not None and obs.labels.baseline_n.tolist() == [2]
+
+
+def test_blocks_hold_both_arms_per_time_slot_across_steps() -> None:
+    samples = [req("fp32", 100.0, 5.0), req("fp32", 101.0, 0.0, status="error"), req("int8", 102.0, 2.0),
+               req("fp32", 112.0, 5.0), Sample(kind="request", model="digits", variant="int8", ts=113.0, rollout_id=4,
+                                               step=2, latency_ms=2.0)]
+    windows, _ = fold(samples, ROUTES, BY_MODEL)
+    obs = observations(rows(windows), "fp32", "int8")
+    assert obs.requests is not None
+    assert (obs.requests.baseline_n.tolist(), obs.requests.baseline_hits.tolist()) == ([2, 1], [1, 0])
+    assert (obs.requests.candidate_n.tolist(), obs.requests.candidate_hits.tolist()) == ([1, 1], [0, 0])

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from controller import stats
 from controller.aggregate import _add_counts, _newer_report, observations, pair
-from controller.observations import ArmObservations, Observations
+from controller.observations import ArmObservations, Blocks, Observations
 from controller.window_data import WindowData, encode_ids
 from modelroll.db import SampleWindowRow
 from modelroll.types import Criteria
@@ -49,8 +49,16 @@ def reference(windows: list[SampleWindowRow], baseline: str, candidate: str) -> 
                 out.update((w.data or {}).get("labels", {}))
         return out
 
+    slots = sorted({w.window_start for w in ordered})
+    sums = {(v, f): [sum(getattr(w, f) for w in ordered if w.variant == v and w.window_start == t) for t in slots]
+            for v in (baseline, candidate) for f in ("labelled", "correct", "requests", "errors")}
+
+    def blocks(n: str, hits: str) -> Blocks:
+        return Blocks(*(np.asarray(sums[(v, f)], dtype=np.int64) for v in (baseline, candidate) for f in (n, hits)))
+
     return Observations(baseline=arm(baseline), candidate=arm(candidate),
-                        paired=pair(labels(baseline), labels(candidate)))
+                        paired=pair(labels(baseline), labels(candidate)), labels=blocks("labelled", "correct"),
+                        requests=blocks("requests", "errors"))
 
 
 def assert_same(a: Observations, b: Observations) -> None:
@@ -62,6 +70,10 @@ def assert_same(a: Observations, b: Observations) -> None:
                (y.requests, y.errors, y.labelled, y.correct, y.cannot_serve)
         assert dict(x.memory_unmeasured) == dict(y.memory_unmeasured)
     assert a.paired == b.paired
+    for x, y in ((a.labels, b.labels), (a.requests, b.requests)):
+        assert x is not None and y is not None
+        for name in ("baseline_n", "baseline_hits", "candidate_n", "candidate_hits"):
+            np.testing.assert_array_equal(getattr(x, name), getattr(y, name))
 
 
 # Few distinct ids, so that windows and arms share many; the odd ones are the encodings' edge cases.
