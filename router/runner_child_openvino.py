@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from modelroll.errors import ModelrollError, Tampered
+from modelroll.residency import prefault_libraries
 from router import frames
 from router.runner_openvino import InferCall, compile_artifact, is_bad_input, load_runtime, read_artifact, signature_of
 from router.runners import rss_bytes, warmup_inputs
@@ -28,6 +29,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         frames.write_all(out_fd, frames.pack({"ok": False, "error": f"openvino cannot start: {exc}"}))
         return 1
+    prefault_libraries()  # the runtime's code is its fixed cost, not the model's (modelroll/residency.py)
     rss_before = rss_bytes()
     try:
         data, sha256 = read_artifact(path, expected)  # kept: the compiled model's weights live in it
