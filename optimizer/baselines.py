@@ -1,7 +1,8 @@
 """Baselines in the catalog and back: register the built-in models with their torch source and eval set,
 and rebuild a `ModelSource` from a stored baseline so a worker on any machine can optimize it.
 
-A baseline's `recipe` records where it came from: {"builtin": "digits" | "minilm-l6", "eval_sha256": ...}.
+A baseline's `recipe` records where it came from: {"builtin": "digits" | "digits-cnn" | "minilm-l6",
+"eval_sha256": ...}.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from modelroll.artifacts import ArtifactStore, StoredArtifact
 from modelroll.catalog import register_model, stored_artifact_row
 from modelroll.db import ArtifactRow, VariantRow
 from modelroll.errors import InvalidInput
+from optimizer.cnn import CNN_CHANNELS, CNN_INPUT, DigitsCNN, cnn_model, cnn_source
 from optimizer.sources import (
     DIGITS_INPUT,
     DigitsMLP,
@@ -32,7 +34,7 @@ from optimizer.sources import (
 )
 from optimizer.texts import load_tokenizer, text_corpus, tokenize
 
-BUILTINS = ("digits", "minilm-l6")
+BUILTINS = ("digits", "digits-cnn", "minilm-l6")
 MINILM_EVAL_TEXTS = 512
 CALIBRATION_ROWS = 256
 
@@ -42,6 +44,9 @@ def eval_arrays(name: str, cache_dir: Path) -> dict[str, np.ndarray]:
     if name == "digits":
         model = digits_model(cache_dir)
         return {DIGITS_INPUT: model.eval_inputs, "labels": model.eval_labels}
+    if name == "digits-cnn":
+        cnn = cnn_model(cache_dir)
+        return {CNN_INPUT: cnn.eval_inputs, "labels": cnn.eval_labels}
     if name == "minilm-l6":
         tokenizer = load_tokenizer(minilm_dir())
         texts = text_corpus(MINILM_EVAL_TEXTS, split="eval")
@@ -53,6 +58,8 @@ def eval_arrays(name: str, cache_dir: Path) -> dict[str, np.ndarray]:
 def builtin_source(name: str, cache_dir: Path) -> ModelSource:
     if name == "digits":
         return digits_source(cache_dir)
+    if name == "digits-cnn":
+        return cnn_source(cache_dir)
     if name == "minilm-l6":
         return encoder_source(minilm_dir(), cache_dir)
     raise InvalidInput(f"{name!r} is not a built-in model: built-ins are {list(BUILTINS)}")
@@ -61,10 +68,12 @@ def builtin_source(name: str, cache_dir: Path) -> ModelSource:
 def _store_torch(store: ArtifactStore, name: str, source: ModelSource) -> StoredArtifact:
     if name == "minilm-l6":
         return store.put_file(minilm_dir(), "hf")
-    assert isinstance(source.torch_model, DigitsMLP)
+    assert isinstance(source.torch_model, (DigitsMLP, DigitsCNN))
+    meta = {"kind": "digits-mlp", "sizes": source.torch_model.sizes} if isinstance(source.torch_model, DigitsMLP) \
+        else {"kind": "digits-cnn", "channels": list(CNN_CHANNELS)}
     with tempfile.TemporaryDirectory(prefix="modelroll-torch-") as tmp:
         torch.save(source.torch_model.state_dict(), Path(tmp) / "model.pt")
-        (Path(tmp) / "meta.json").write_text(json.dumps({"kind": "digits-mlp", "sizes": source.torch_model.sizes}))
+        (Path(tmp) / "meta.json").write_text(json.dumps(meta))
         return store.put_file(Path(tmp), "torch")
 
 
@@ -100,6 +109,10 @@ def load_source(store: ArtifactStore, model: str, baseline: VariantRow, onnx_sha
     if builtin == "digits" and torch_artifact is not None:
         module = _digits_module(store.tree_of(torch_artifact.sha256))
         return replace(digits_source(cache_dir), name=model, onnx_path=onnx_path, torch_model=module)
+    if builtin == "digits-cnn" and torch_artifact is not None:
+        cnn = DigitsCNN()
+        cnn.load_state_dict(torch.load(store.tree_of(torch_artifact.sha256) / "model.pt", weights_only=True))
+        return replace(cnn_source(cache_dir), name=model, onnx_path=onnx_path, torch_model=cnn.eval())
     if torch_artifact is not None and torch_artifact.format == "hf":
         source = encoder_source(store.tree_of(torch_artifact.sha256), cache_dir)
         return replace(source, name=model, onnx_path=onnx_path)
