@@ -74,6 +74,23 @@ def check_onnx(path: Path) -> None:
         ) from None
 
 
+def store_onnx(store: ArtifactStore, path: Path) -> StoredArtifact:
+    """Store an ONNX model as one file: weights kept beside it as external data (what torch.onnx.export writes by
+    default, `model.onnx.data`) are folded into the stored file, so the artifact is whole wherever it is loaded."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        return store.put_file(path, "onnx")
+    try:
+        onnx.load_external_data_for_model(model, str(Path(path).parent))
+        data = model.SerializeToString()
+    except (OSError, ValueError) as exc:  # a missing data file, or a whole over protobuf's 2 GiB
+        raise InvalidInput(f"{path} keeps its weights in external data that cannot be folded into one file "
+                           f"({exc}): keep the data file beside it, under 2 GiB in all") from None
+    return store.put_bytes(data, "onnx")
+
+
 def _variant_row(session: Session, model: ModelRow, name: str) -> VariantRow:
     row = session.scalar(select(VariantRow).where(VariantRow.model_id == model.id, VariantRow.name == name))
     if row is None:
@@ -125,7 +142,7 @@ def register_model(session: Session, store: ArtifactStore, path: Path, name: str
     existing = session.scalar(select(ModelRow).where(ModelRow.name == name))
     if existing is not None:
         raise Conflict(f"model {name!r} already exists (registered {_when(existing.created_at)}); pick another name")
-    stored = store.put_file(path, "onnx")
+    stored = store_onnx(store, path)
     artifact = stored_artifact_row(session, stored)
     model = ModelRow(name=name, description=description)
     session.add(model)

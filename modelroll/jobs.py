@@ -146,7 +146,7 @@ def check_eval_data(eval_path: Path, model_path: Path) -> int:
     """Check an .npz against the model's inputs (names, ranks, fixed dims, dtypes, row counts); returns rows."""
     if not eval_path.is_file():
         raise InvalidInput(f"eval data {str(eval_path)!r} does not exist: give an .npz file with one array per "
-                           "model input and an optional 'labels' array")
+                           "model input (named like the input, rows on the first axis) and an optional 'labels' array")
     try:
         with np.load(eval_path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -216,7 +216,10 @@ def validate(session: Session, request: OptimizationRequest, artifacts_root: Pat
     if request.needs_torch and variant.source_artifact_id is None:
         onnx_only = sorted(name for name, t in TECHNIQUES.items() if t.stage == "onnx")
         raise InvalidInput(f"recipe(s) {list(request.needs_torch)} need the torch model of baseline {variant.name!r} "
-                           f"of {request.model!r}, which was registered as an ONNX file only: use {onnx_only}")
+                           f"of {request.model!r}, which was registered as an ONNX file only: prune, drop-layers and "
+                           f"distill change the network itself, and an .onnx file does not carry its torch module; "
+                           f"use {onnx_only} on this model (they work on the ONNX file), or start from a built-in "
+                           "model whose torch source is stored (digits, digits-cnn, minilm-l6)")
     artifact = session.get(ArtifactRow, variant.artifact_id)
     if artifact is None or artifact.format != "onnx":
         raise InvalidInput(f"baseline {variant.name!r} is not an ONNX artifact: optimization needs an .onnx baseline")
@@ -229,8 +232,10 @@ def validate(session: Session, request: OptimizationRequest, artifacts_root: Pat
             raise NotFound(f"eval data {request.eval_sha256[:12]}… is not in the artifact store: give eval_data")
         check_eval_data(store.path_of(request.eval_sha256), model_path)
     elif request.eval_sha256 is None and not (variant.recipe or {}).get("eval_sha256"):
-        raise InvalidInput(f"model {request.model!r} has no eval set of its own: give eval_data, an .npz file with "
-                           "one array per model input (and optional 'labels')")
+        raise InvalidInput(f"model {request.model!r} has no eval set of its own: give eval_data (`--eval-data "
+                           "FILE.npz` on the CLI), an .npz file with one array per model input, named like the input "
+                           "and with the rows on its first axis, and optional 'labels' (one integer per row: accuracy; "
+                           "without labels, quality is agreement with the baseline's outputs)")
     return model_row, variant, artifact
 
 

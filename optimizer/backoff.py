@@ -95,10 +95,11 @@ def _exclude_more(recipe: Recipe, float_path: Path) -> tuple[Recipe | None, str]
 
 def search(recipe: Recipe | str, source: ModelSource, work_dir: Path, measure_quality: Callable[[Path], float],
            *, baseline_quality: float | None = None, max_quality_drop: float = 0.02,
-           max_tries: int = 6) -> SearchResult:
+           max_tries: int = 6, on_try: Callable[[int, str, str], None] | None = None) -> SearchResult:
     """Build `recipe`; while quality drops more than `max_quality_drop` below the baseline's, back off,
     for at most `max_tries` builds. `measure_quality(model_path)` returns accuracy or agreement in
-    [0, 1] (higher is better); the baseline's is measured on `source.onnx_path` unless given."""
+    [0, 1] (higher is better); the baseline's is measured on `source.onnx_path` unless given. `on_try(index,
+    recipe, why)` is called as each try starts (progress)."""
     if max_tries < 1:
         raise InvalidInput(f"max_tries must be >= 1, got {max_tries}")
     current: Recipe | None = parse_recipe(recipe) if isinstance(recipe, str) else recipe
@@ -109,6 +110,8 @@ def search(recipe: Recipe | str, source: ModelSource, work_dir: Path, measure_qu
     tries: list[Try] = []
     action = "first try"
     while current is not None and len(tries) < max_tries:
+        if on_try is not None:
+            on_try(len(tries), str(current), action)
         folder = Path(work_dir) / f"try-{len(tries)}"
         folder.mkdir(parents=True, exist_ok=True)
         torch_key = ",".join(str(s) for s in current.torch_steps)

@@ -7,9 +7,12 @@ enqueues the job for the `modelroll worker` processes and follows its progress i
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,8 +28,6 @@ if TYPE_CHECKING:
     from modelroll.settings import Settings
     from optimizer.report import JobReport
 
-ONNX_ONLY_RECIPES = ("int8", "int8-static")
-TORCH_RECIPES = ("int8", "int8-static", "prune:0.5,int8")
 POLL_S = 0.5
 
 
@@ -60,6 +61,21 @@ def _sessions(settings: Settings) -> sessionmaker[Session]:
     return make_session_factory(make_engine(settings))
 
 
+def _defaults(settings: Settings, session: Session, model: str, has_torch: bool) -> tuple[tuple[str, ...], str]:
+    """The recipes for this kind of model and the runtimes installed here, and why."""
+    from modelroll.artifacts import ArtifactStore
+    from modelroll.db import ArtifactRow
+    from modelroll.jobs import resolve_baseline
+    from modelroll.runtimes import OPENVINO, installed_version
+    from optimizer.model_kind import default_techniques, model_kind
+
+    _, baseline = resolve_baseline(session, model, None)
+    artifact = session.get(ArtifactRow, baseline.artifact_id)
+    assert artifact is not None
+    kind = model_kind(ArtifactStore.from_settings(settings).path_of(artifact.sha256))
+    return default_techniques(kind, has_torch=has_torch, openvino=installed_version(OPENVINO) is not None)
+
+
 def _ensure_model(session: Session, settings: Settings, model: str, name: str | None) -> tuple[str, bool]:
     """The registered model MODEL names (registering an .onnx path or a built-in first); (name, has torch)."""
     from sqlalchemy import select
@@ -76,7 +92,7 @@ def _ensure_model(session: Session, settings: Settings, model: str, name: str | 
         if session.scalar(select(ModelRow).where(ModelRow.name == model_name)) is None:
             catalog.register_model(session, store, path, model_name, description=f"registered from {path.name}")
         elif catalog.get_variant(session, model_name, catalog.BASELINE_VARIANT).sha256 != \
-                store.put_file(path, "onnx").sha256:
+                catalog.store_onnx(store, path).sha256:
             raise InvalidInput(f"model {model_name!r} is already registered with a different ONNX file: "
                                "pass --name NEW_NAME, or optimize it by name")
     else:
@@ -138,6 +154,29 @@ def _print(report: JobReport, as_json: bool, markdown: bool) -> None:
     console.print(tail + (f"; passing every gate: {', '.join(passed)}" if passed else "; no candidate passes"))
 
 
+@contextmanager
+def _job_log(settings: Settings, job_id: int) -> Iterator[Path]:
+    """While the job runs in this process, log records (the runtimes' and libraries' included, and what the
+    measurement and build children print) go to home/logs/job-N.log instead of breaking up the progress bar."""
+    path = settings.home / "logs" / f"job-{job_id}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    children = logging.getLogger("optimizer.evaluate")  # the children's output, logged at debug level
+    handlers, level, children_level = root.handlers[:], root.level, children.level
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.handlers[:] = [handler]
+    root.setLevel(min(root.level, logging.INFO))
+    children.setLevel(logging.DEBUG)
+    try:
+        yield path
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        children.setLevel(children_level)
+        handler.close()
+
+
 def _run_embedded(settings: Settings, channel: Any, sessions: sessionmaker[Session], job_id: int) -> None:
     """Embedded mode: this process is the worker; stop it once the job is done."""
     from modelroll.db import OptimizationJobRow
@@ -154,14 +193,16 @@ def _run_embedded(settings: Settings, channel: Any, sessions: sessionmaker[Sessi
             if row is None or row.status in TERMINAL_STATES:
                 stop.set()
 
-    thread = threading.Thread(target=run_worker, args=(settings, channel, stop),
-                              kwargs={"serve_metrics": False, "on_idle": done}, daemon=True, name="worker")
-    thread.start()
-    try:
-        _wait(sessions, job_id, thread)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
+    with _job_log(settings, job_id) as log_path:
+        thread = threading.Thread(target=run_worker, args=(settings, channel, stop),
+                                  kwargs={"serve_metrics": False, "on_idle": done}, daemon=True, name="worker")
+        thread.start()
+        try:
+            _wait(sessions, job_id, thread)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+    typer.echo(f"job {job_id}'s log: {log_path}", err=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -172,17 +213,20 @@ def register(app: typer.Typer) -> None:
     @optimize.command("run")
     def optimize_run(
         ctx: typer.Context,
-        model: Annotated[str, typer.Argument(help="An .onnx file, a registered model, or digits / minilm-l6.")],
+        model: Annotated[str, typer.Argument(
+            help="An .onnx file, a registered model, or a built-in: digits, digits-cnn, minilm-l6.")],
         techniques: Annotated[list[str] | None, typer.Option(
-            "--techniques", "-t", help="A recipe per candidate (repeat): int8, int8-static:entropy, "
-                                       "prune:0.5,int8, drop-layers,distill,int8.")] = None,
+            "--techniques", "-t", help="A recipe per candidate (repeat): int8, int8-static:entropy, ov-int8, "
+                                       "ov-weights, prune:0.5,int8, drop-layers,distill,int8. Default: chosen for "
+                                       "the kind of model (transformer, CNN, MLP) and the runtimes installed.")] = None,
         eval_data: Annotated[Path | None, typer.Option(
-            help=".npz with one array per model input and optional 'labels' (built-ins bring their own).")] = None,
+            help=".npz with one array per model input (named like the input, rows first) and optional 'labels' "
+                 "(without: quality is agreement with the baseline). Built-ins bring their own.")] = None,
         gates: Annotated[str, typer.Option(help="e.g. latency=0.5,memory=0.6,accuracy=0.02 (fractions).")] = "",
         baseline: Annotated[str | None, typer.Option(help="Baseline variant (default: the model's).")] = None,
         name: Annotated[str | None, typer.Option(help="Model name when MODEL is a file (default: its stem).")] = None,
         batch_sizes: Annotated[str, typer.Option(help="Batch sizes to time, e.g. 1,32.")] = "1,32",
-        threads: Annotated[int, typer.Option(help="onnxruntime threads during measurement.")] = 1,
+        threads: Annotated[int, typer.Option(help="Runtime threads during measurement.")] = 1,
         no_wait: Annotated[bool, typer.Option("--no-wait", help="Print the job id and return.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
         markdown: Annotated[bool, typer.Option("--markdown", help="Print the report as Markdown.")] = False,
@@ -209,13 +253,16 @@ def register(app: typer.Typer) -> None:
         channel = open_channel(settings)
         with sessions() as session:
             model_name, has_torch = _ensure_model(session, settings, model, name)
-            recipes = tuple(techniques or (TORCH_RECIPES if has_torch else ONNX_ONLY_RECIPES))
+            recipes, why = (tuple(techniques), "") if techniques else \
+                _defaults(settings, session, model_name, has_torch)
             request = OptimizationRequest(
                 model=model_name, techniques=recipes, criteria=criteria, baseline=baseline,
                 eval_data=str(eval_data.resolve()) if eval_data is not None else None,
                 batch_sizes=sizes, threads=threads)
             # The CLI runs as its user on their own machine: --eval-data may be any file they can read.
             job_id = submit_job(session, channel, request, settings.effective_artifacts_dir, LOCAL).id
+        if why:
+            typer.echo(f"no -t given: {why}", err=True)
         typer.echo(f"queued optimization job {job_id} for model {model_name!r}: {', '.join(recipes)}", err=True)
         if no_wait:
             typer.echo(str(job_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -159,6 +160,8 @@ class JobRun:
         self.fence = Fence(ctx.sessions, job_id, attempt)
         self._stored: dict[str, StoredArtifact] = {}
         self._names: set[str] = set()
+        self._measure_s = 0.0  # one variant's measurement, timed on the baseline: the ETA's unit
+        self._try_s: list[float] = []  # every finished try of the back-off (build + quality), in seconds
 
     def run(self) -> JobReport:
         with self.ctx.sessions() as session:
@@ -171,8 +174,10 @@ class JobRun:
         config = replace(self.ctx.eval_config, batch_sizes=request.batch_sizes, threads=request.threads)
         total = 1 + 2 * len(request.techniques)
         self.fence.progress(0.5 / total, "measuring the baseline")
+        started = time.monotonic()
         base = evaluate(self.ctx.store.path_of(inputs.onnx_sha256), eval_set, config, label="baseline",
                         stop=self.stop)
+        self._measure_s = time.monotonic() - started
         if not base.ok or base.figures is None:
             raise JobFailed(f"the baseline {inputs.baseline.name!r} could not be measured: {base.error}")
         source = load_source(self.ctx.store, inputs.model, inputs.baseline, inputs.onnx_sha256,
@@ -198,7 +203,6 @@ class JobRun:
         assert base.figures is not None and base.figures.quality is not None
         criteria: Criteria = inputs.request.criteria
         n = len(inputs.request.techniques)
-        self.fence.progress((1 + 2 * index) / total, f"building {recipe_text} ({index + 1}/{n})")
         try:
             recipe = parse_recipe(recipe_text)
         except InvalidInput as exc:
@@ -211,10 +215,26 @@ class JobRun:
         def quality(path: Path) -> float:
             return measure_quality(path, eval_set, config, reference=base.outputs, stop=self.stop).value
 
+        try_started: list[float] = []
+
+        def on_try(attempt: int, tried: str, why: str) -> None:
+            now = time.monotonic()
+            if try_started:
+                self._try_s.append(now - try_started[-1])
+            try_started.append(now)
+            per_try = sum(self._try_s) / len(self._try_s) if self._try_s else self._measure_s
+            left = per_try + self._measure_s + (n - index - 1) * (per_try + self._measure_s)
+            what = f"building {recipe_text} ({index + 1}/{n})" if attempt == 0 else \
+                f"building {recipe_text} ({index + 1}/{n}), try {attempt + 1} of at most {self.ctx.max_tries}: " \
+                f"{why} ({tried})"
+            self.fence.progress((1 + 2 * index + attempt / self.ctx.max_tries) / total,
+                                f"{what}; about {left:.0f} s left")
+
         with tempfile.TemporaryDirectory(prefix="modelroll-build-") as work:
             try:
                 found = search(recipe, source, Path(work), quality, baseline_quality=base.figures.quality.value,
-                               max_quality_drop=criteria.accuracy_drop_max, max_tries=self.ctx.max_tries)
+                               max_quality_drop=criteria.accuracy_drop_max, max_tries=self.ctx.max_tries,
+                               on_try=on_try)
             except (Stopped, Superseded):
                 raise
             except Exception as exc:  # a recipe that cannot be built fails its candidate, never the job
@@ -222,6 +242,8 @@ class JobRun:
                 reason = exc.message if isinstance(exc, InvalidInput) else f"{type(exc).__name__}: {exc}"
                 return CandidateReport(name, {"recipe": recipe_text}, "failed", base.figures, None,
                                        error=f"could not build: {reason}", variant=None)
+            if try_started:
+                self._try_s.append(time.monotonic() - try_started[-1])
             tries = tuple(_try_json(t) for t in found.tries)
             chosen = found.best or max(found.tries, key=lambda t: t.quality)
             slug = recipe_slug(parse_recipe(chosen.recipe))

@@ -46,3 +46,18 @@ def model_kind(path: Path) -> ModelKind:
     if any(ops[op] for op in _CONVS):
         return ModelKind("cnn", f"{sum(ops[op] for op in _CONVS)} convolution(s): a convolutional network")
     return ModelKind("mlp", f"{dense} matrix product(s), no convolution or attention: a multi-layer perceptron")
+
+
+def default_techniques(kind: ModelKind, *, has_torch: bool, openvino: bool) -> tuple[tuple[str, ...], str]:
+    """The recipes to try when none is given, for this kind of model and the runtimes installed, and why."""
+    ov = ("ov-int8",) if openvino else ()
+    if kind.kind == "cnn":
+        return ("int8-static", *ov), (f"{kind.why}: static INT8 (activations calibrated), since dynamic INT8 "
+                                      "leaves convolutions in float")
+    if kind.kind == "transformer":
+        return ("int8:per_channel", *ov, *(("ov-weights",) if openvino else ())), (
+            f"{kind.why}: dynamic INT8 per channel, OpenVINO post-training INT8 and weight-only INT8 (the most "
+            "faithful)")
+    torch_steps = ("prune:0.5,int8",) if has_torch else ()
+    return ("int8", "int8-static", *ov, *torch_steps), f"{kind.why}: dynamic and static INT8" + (
+        ", and structured pruning (its torch model is stored)" if has_torch else "")

@@ -51,11 +51,12 @@ def build(recipe: Recipe | str, source: ModelSource, out_dir: Path) -> Candidate
 
 def search(recipe: Recipe | str, source: ModelSource, work_dir: Path, measure_quality: Callable[[Path], float],
            *, baseline_quality: float | None = None, max_quality_drop: float = 0.02,
-           max_tries: int = 6) -> SearchResult:
+           max_tries: int = 6, on_try: Callable[[int, str, str], None] | None = None) -> SearchResult:
     """Accuracy-aware back-off search (see optimizer.backoff.search): build, measure with the caller's
     `measure_quality(model_path) -> quality in [0, 1]`, back off while the drop exceeds the budget,
-    at most `max_tries` builds; `SearchResult.tries` records every try, `.best` the passing one."""
+    at most `max_tries` builds; `SearchResult.tries` records every try, `.best` the passing one; `on_try(index,
+    recipe, why)` is called as each try starts."""
     from optimizer.backoff import search as run
 
     return run(recipe, source, work_dir, measure_quality, baseline_quality=baseline_quality,
-               max_quality_drop=max_quality_drop, max_tries=max_tries)
+               max_quality_drop=max_quality_drop, max_tries=max_tries, on_try=on_try)

@@ -127,7 +127,7 @@ def test_pruning_without_a_torch_model_is_refused(cli: Cli, model: tuple[Path, P
 
 
 def test_a_model_without_eval_data_is_refused(cli: Cli, model: tuple[Path, Path]) -> None:
-    _refused(cli, cli("optimize", str(model[0])), "has no eval set of its own", "give eval_data")
+    _refused(cli, cli("optimize", str(model[0])), "has no eval set of its own", "give eval_data", "--eval-data")
 
 
 def test_no_wait_needs_a_shared_queue(cli: Cli, model: tuple[Path, Path]) -> None:

@@ -66,9 +66,13 @@ def test_search_prunes_less_when_the_float_model_is_at_fault(digits: DigitsModel
 def test_search_keeps_sensitive_nodes_in_float_and_records_every_try(digits_src: ModelSource,
                                                                      tmp_path: Path) -> None:
     # A budget no candidate can meet forces the quantization back-off all the way to max_tries.
-    result = search("int8", digits_src, tmp_path, accuracy, max_quality_drop=-1.0, max_tries=3)
+    started: list[tuple[int, str, str]] = []  # what a progress bar is told as each try starts
+    result = search("int8", digits_src, tmp_path, accuracy, max_quality_drop=-1.0, max_tries=3,
+                    on_try=lambda *args: started.append(args))
     assert result.best is None
     assert [t.recipe for t in result.tries] == ["int8", "int8:exclude=1", "int8:exclude=2"]
+    assert [(i, r) for i, r, _ in started] == [(0, "int8"), (1, "int8:exclude=1"), (2, "int8:exclude=2")]
+    assert started[1][2].startswith("kept the 1 most sensitive weight nodes in float")
     excluded = [t.records[-1].detail["excluded_nodes"] for t in result.tries]
     assert excluded[0] == [] and len(excluded[1]) == 1 and excluded[2][:1] == excluded[1]
     assert all(t.model_path.is_file() and 0.9 < t.quality <= 1.0 for t in result.tries)
