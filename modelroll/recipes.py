@@ -128,6 +128,9 @@ TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
               help="NNCF weight compression; activations stay float"),
         Param("ratio", float, 1.0, 0.0, 1.0, help="share of layers in int4 (int4 modes), the rest int8"),
         Param("group", int, 128, -1, 4096, help="int4 group size (-1: per channel)"),
+        Param("dq", int, -1, -1, 4096, help="activations quantized on the fly per group of this many values for "
+                                            "the INT8 weights (DYNAMIC_QUANTIZATION_GROUP_SIZE; -1: the runtime's "
+                                            "32, 0: off, computing in float)"),
         _PRECISION, _CACHE,
     ), "OpenVINO + NNCF weight-only compression (embedding tables included)", OPENVINO),
 )}

@@ -49,6 +49,8 @@ def runtime_config(options: Mapping[str, Any]) -> dict[str, str]:
         config["INFERENCE_PRECISION_HINT"] = str(options["precision"])
     if int(options.get("cache", -1)) >= 0:
         config["CPU_RUNTIME_CACHE_CAPACITY"] = str(int(options["cache"]))
+    if int(options.get("dq", -1)) >= 0:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(int(options["dq"]))
     return config
 
 

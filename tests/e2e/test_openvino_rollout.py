@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from modelroll import up
 from modelroll.artifacts import ArtifactStore
 from modelroll.settings import Settings
-from modelroll.traffic import Traffic
+from modelroll_app import up
+from modelroll_app.traffic import Traffic
 from tests.e2e.processes import wait_for
 
 pytestmark = pytest.mark.timeout(420)

@@ -35,7 +35,7 @@ def test_a_recipe_names_the_runtime_its_final_step_is_built_for() -> None:
     assert recipe.quantization is not None and recipe.quantization.options["precision"] == "f32"
     assert str(parse_recipe("openvino:bf16")) == "ov:precision=bf16"
     assert parse_recipe("ov-weights:int4_sym:ratio=0.8").steps[0].options == {
-        "mode": "int4_sym", "ratio": 0.8, "group": 128, "precision": "default", "cache": -1}
+        "mode": "int4_sym", "ratio": 0.8, "group": 128, "dq": -1, "precision": "default", "cache": -1}
 
 
 @pytest.mark.parametrize(("text", "message"), [
