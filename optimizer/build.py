@@ -18,7 +18,7 @@ from torch import nn
 
 from modelroll.errors import InvalidInput
 from modelroll.recipes import TECHNIQUES
-from modelroll.runtimes import OPENVINO
+from modelroll.runtimes import INSTALL_HINT, OPENVINO, installed_version
 from optimizer.distill import distill
 from optimizer.export import export_onnx
 from optimizer.layers import drop_layers
@@ -164,6 +164,10 @@ def _openvino_step(step: Step, float_path: Path, source: ModelSource, out_dir: P
     sensitivity ranking uses: `exclude=N` keeps those N weight nodes in float)."""
     from optimizer.ov_child import build_in_child
 
+    for package in ("openvino", "nncf"):  # the build child imports both; say so before it starts
+        if installed_version(package) is None:
+            raise InvalidInput(f"recipe step {str(step)!r} builds an OpenVINO candidate with {package}, which is not "
+                               f"installed in this worker: {INSTALL_HINT[OPENVINO]}")
     started = time.monotonic()
     options = step.options
     prepared = prepare(float_path, out_dir / "prepared.onnx")

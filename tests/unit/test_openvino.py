@@ -207,3 +207,13 @@ def test_the_cpu_share_note_names_the_side_it_is_about() -> None:
     assert share_note(0.7, 1.0) == "original below 90%: a busy machine inflated its latency"
     assert share_note(0.95, 1.4) == "optimized above 100%: the runtime used more threads than the ones set"
     assert share_note(0.5, 0.6).startswith("original and optimized below 90%: a busy machine inflated their")
+
+
+def test_an_openvino_recipe_on_a_worker_without_nncf_fails_saying_what_to_install(
+        tmp_path: Path, digits_src: ModelSource, monkeypatch: pytest.MonkeyPatch) -> None:
+    import optimizer.build
+
+    monkeypatch.setattr(optimizer.build, "installed_version", lambda package: None if package == "nncf" else "1")
+    with pytest.raises(InvalidInput, match=r"builds an OpenVINO candidate with nncf, which is not installed in this "
+                                           r"worker: pip install"):
+        build("ov-int8", digits_src, tmp_path / "x")
