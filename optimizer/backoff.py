@@ -122,7 +122,9 @@ def search(recipe: Recipe | str, source: ModelSource, work_dir: Path, measure_qu
         quantization: Step | None = current.quantization
         path = float_path
         if quantization is not None:
-            rank_key = f"{torch_key}|{quantization.replace(exclude=0)}"
+            # One sensitivity ranking per float model and quantization, whatever the number of nodes excluded.
+            unexcluded = quantization.replace(exclude=0) if "exclude" in quantization.options else quantization
+            rank_key = f"{torch_key}|{unexcluded}"
             path, record, rankings[rank_key] = quantize_step(quantization, float_path, source, folder,
                                                              rankings.get(rank_key))
             all_records.append(record)
