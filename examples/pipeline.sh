@@ -12,7 +12,8 @@ URL=${MODELROLL_CONTROLLER_URL:-http://127.0.0.1:8081}
 MR=${MODELROLL:-.venv/bin/modelroll}
 REPORT=${REPORT:-modelroll-report.md}
 
-"$MR" optimize "$MODEL" -t "$RECIPE" --markdown > "$REPORT"        # exit 5: no candidate passes; stop here
+# GATES (e.g. accuracy=0.05) loosens the offline gates only; the rollout's criteria come from the document.
+"$MR" optimize "$MODEL" -t "$RECIPE" ${GATES:+--gates "$GATES"} --markdown > "$REPORT"   # exit 5: none passes
 job=$("$MR" optimize list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 candidate=$("$MR" optimize list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["passing"][0])')
 echo "job $job built $candidate" >&2
