@@ -1,8 +1,11 @@
 """The optimizer benchmark's targets per model (issues 4 and 17), judged on the medians of one run.
 
 A target reads one figure of a candidate (against FP32 onnxruntime, plain dynamic INT8 or the OpenVINO default)
-and says met or missed, by how much. The best candidate is the one that meets the most targets (ties: the fastest
-at batch 1); every candidate's count is printed too.
+and says met or missed, by how much. Speed-ups between two INT8 variants are judged on CPU time per request
+(one thread: the model's own time), with the wall-clock p50 ratio beside: on a shared machine a variant's wall
+time is mostly how long it waited for a core, which moved these ratios by ±50 % between rounds while the CPU
+time moved by a few percent. The best candidate is the one that meets the most targets (ties: the least CPU at
+batch 1); every candidate's count is printed too.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Target:
     target: float
     at_least: bool
     unit: str  # " %" (a fraction shown in percent), " points", "×" or "" (shown as is)
+    beside: Callable[[Row, Anchors], str] | None = None  # a related figure, shown after the verdict
 
     def met(self, row: Row, anchors: Anchors) -> bool:
         value = self.value(row, anchors)
@@ -71,16 +75,21 @@ class Target:
         else:
             shown, wanted = f"{value * 100:.1f}{self.unit}", f"{self.target * 100:.0f}{self.unit}"
             margin = f"{abs(value - self.target) * 100:.1f} points"
+        extra = f" ({self.beside(row, anchors)})" if self.beside is not None else ""
         return (f"  {self.label}: {shown} (target {sign} {wanted}) — "
-                f"{'met' if self.met(row, anchors) else 'MISSED'} by {margin}")
+                f"{'met' if self.met(row, anchors) else 'MISSED'} by {margin}{extra}")
 
 
 def _lower(pick: str, batch: int) -> Callable[[Row, Anchors], float]:
     return lambda row, a: 1 - row.median(pick, batch) / a.fp32.median(pick, batch)
 
 
-def _speedup(batch: int, pick: str = "p50_ms") -> Callable[[Row, Anchors], float]:
+def _speedup(batch: int, pick: str = "cpu_ms") -> Callable[[Row, Anchors], float]:
     return lambda row, a: a.int8.median(pick, batch) / row.median(pick, batch)
+
+
+def _wall(batch: int) -> Callable[[Row, Anchors], str]:
+    return lambda row, a: f"wall-clock p50: {_speedup(batch, 'p50_ms')(row, a):.2f}×"
 
 
 def _smaller(row: Row, a: Anchors) -> float:
@@ -104,7 +113,8 @@ TARGETS: dict[str, tuple[Target, ...]] = {
         Target("memory at batch 32, lower than FP32", _lower("memory_bytes", 32), 0.6, True, " %"),
         Target("size, smaller than FP32", _smaller, 0.6, True, " %"),
         Target("accuracy loss", _drop("accuracy"), 0.02, False, " points"),
-        Target("speed-up over plain dynamic INT8 at batch 1 (p50)", _speedup(1), 1.3, True, "×"),
+        Target("speed-up over plain dynamic INT8 at batch 1 (CPU per request)", _speedup(1), 1.3, True, "×",
+               _wall(1)),
     ),
     # Issue 17 on the CNN: the research report's latency and memory gates at <= 1 point of accuracy.
     "digits-cnn": (
@@ -116,8 +126,10 @@ TARGETS: dict[str, tuple[Target, ...]] = {
     ),
     # Issue 17 on all-MiniLM-L6-v2.
     "minilm-l6": (
-        Target("speed-up over plain dynamic INT8 at batch 1 (p50)", _speedup(1), 1.3, True, "×"),
-        Target("speed-up over plain dynamic INT8 at batch 32 (p50)", _speedup(32), 2.0, True, "×"),
+        Target("speed-up over plain dynamic INT8 at batch 1 (CPU per request)", _speedup(1), 1.3, True, "×",
+               _wall(1)),
+        Target("speed-up over plain dynamic INT8 at batch 32 (CPU per request)", _speedup(32), 2.0, True, "×",
+               _wall(32)),
         Target("cosine to FP32", _quality("cosine_mean"), 0.997, True, ""),
         Target("nearest-neighbour agreement with FP32", _quality("nn_agreement"), 0.95, True, ""),
         Target("memory at batch 1, lower than FP32", _lower("memory_bytes", 1), 0.6, True, " %"),
@@ -136,15 +148,13 @@ def report(name: str, anchors: Anchors, candidates: list[Row], say: Callable[[st
     counts = {c.label: sum(t.met(c, anchors) for t in targets) for c in candidates}
     for label, count in counts.items():
         say(f"  {label}: {count} of {len(targets)} targets met")
-    best = max(candidates, key=lambda c: (counts[c.label], -c.median("p50_ms", 1)))
-    say(f"targets for {name}, best candidate {best.label!r} (most targets met, then fastest at batch 1):")
+    best = max(candidates, key=lambda c: (counts[c.label], -c.median("cpu_ms", 1)))
+    say(f"targets for {name}, best candidate {best.label!r} (most targets met, then least CPU at batch 1):")
     for target in targets:
         say(target.verdict(best, anchors))
-    for batch in (1, 32):
-        cpu = _speedup(batch, "cpu_ms")(best, anchors)
-        say(f"  (CPU per request at batch {batch}: {cpu:.2f}× plain dynamic INT8; CPU time is what a busy "
-            "machine disturbs least)")
     if anchors.openvino is not None:
         for batch in (1, 32):
-            ratio = anchors.openvino.median("p50_ms", batch) / best.median("p50_ms", batch)
-            say(f"  (speed against the OpenVINO default at batch {batch}: {ratio:.2f}×)")
+            cpu = anchors.openvino.median("cpu_ms", batch) / best.median("cpu_ms", batch)
+            wall = anchors.openvino.median("p50_ms", batch) / best.median("p50_ms", batch)
+            say(f"  (speed against the OpenVINO default at batch {batch}: {cpu:.2f}× in CPU per request, "
+                f"{wall:.2f}× in wall-clock p50)")
