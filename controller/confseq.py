@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 from scipy.special import log_ndtr, zeta
@@ -99,7 +100,11 @@ _LOG2 = math.log(2.0)
 _TUNING_GRID = np.geomspace(0.3, 300.0, 400)  # tau^2 * n_opt values tried when tuning a boundary
 
 
-def mixture_boundary(n: np.ndarray | float, alpha: float, n_opt: float) -> np.ndarray:
+@overload
+def mixture_boundary(n: float, alpha: float, n_opt: float) -> float: ...
+@overload
+def mixture_boundary(n: np.ndarray, alpha: float, n_opt: float) -> np.ndarray: ...
+def mixture_boundary(n: np.ndarray | float, alpha: float, n_opt: float) -> np.ndarray | float:
     """One-sided boundary b(n) on a sum of unit-variance increments: P(exists n: S_n >= b(n)) <= alpha.
 
     Robbins' normal mixture over a half-normal prior on lambda >= 0 (Howard, Ramdas, McAuliffe, Sekhon 2021, §3;
@@ -110,11 +115,30 @@ def mixture_boundary(n: np.ndarray | float, alpha: float, n_opt: float) -> np.nd
     happens with probability <= alpha at any n, ever. tau2 is chosen so that b(n) / n is smallest at `n_opt`:
     the sequence is tightest where decisions are taken, and valid everywhere.
     """
+    if isinstance(n, (int, float)):
+        return _mixture_scalar(float(n), alpha, n_opt)
     tau2 = _tau2(alpha, n_opt)
     a = 1.0 + tau2 * np.asarray(n, dtype=np.float64)
     # M = 1/alpha  <=>  u^2 / 2 + log Phi(u) = log(1/alpha) - log 2 + log(a) / 2, with u = sqrt(tau2) S / sqrt(a)
     u = _solve_mixture(math.log(1.0 / alpha) - _LOG2 + 0.5 * np.log(a))
     return u * np.sqrt(a / tau2)
+
+
+@functools.lru_cache(maxsize=8192)
+def _mixture_scalar(n: float, alpha: float, n_opt: float) -> float:
+    """mixture_boundary for one n, in plain floats (a look asks for a few; the bench for many, repeatedly)."""
+    tau2 = _tau2(alpha, n_opt)
+    a = 1.0 + tau2 * n
+    target = math.log(1.0 / alpha) - _LOG2 + 0.5 * math.log(a)
+    u = math.sqrt(2.0 * target)
+    for _ in range(8):
+        phi = 0.5 * math.erfc(-u / math.sqrt(2.0))
+        mills = math.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi) / phi
+        step = (0.5 * u * u + math.log(phi) - target) / (u + mills)
+        u -= step
+        if abs(step) < 1e-12:
+            break
+    return u * math.sqrt(a / tau2)
 
 
 def _solve_mixture(target: np.ndarray) -> np.ndarray:

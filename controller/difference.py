@@ -18,7 +18,8 @@ from controller.confseq import mixture_boundary
 from controller.observations import Blocks
 
 WILSON_Z = 1.0  # how far a plug-in rate is moved towards 1/2 before its variance is read
-_BISECTIONS = 40
+_STEPS = 60  # regula falsi steps at most; a few suffice
+_TOLERANCE = 1e-9  # on a difference of rates: far below a displayed 0.1 point
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +54,34 @@ def _wilson(hits: float, n: float) -> float:
 
 
 def _solve(estimate: float, reach: float, radius: Callable[[float], float], sign: float) -> float:
-    """The bound estimate + sign × D at the smallest D >= 0 with D >= radius(estimate + sign × D), D <= reach.
+    """The bound estimate + sign × D* where D* = sup{D in [0, reach]: D <= radius(estimate + sign × D)}.
 
-    Values beyond it are rejected by the side's test at their own variance. Bisection keeps the answer on the
-    conservative side (the bracket's far end)."""
+    Values beyond it are rejected by the side's test at their own variance (|estimate - theta| > radius(theta)).
+    Regula falsi (Illinois) on g(D) = D - radius, which is <= 0 at 0 (= 0 when nothing varies at the estimate:
+    then the root is further on) and crosses 0 once; the answer is the bracket's far end, on the conservative
+    side, within _TOLERANCE of the root."""
     low, high = 0.0, reach
-    if high < radius(estimate + sign * high):
+    g_low, g_high = -radius(estimate), high - radius(estimate + sign * high)
+    if g_high <= 0:
         return estimate + sign * reach
-    for _ in range(_BISECTIONS):
-        mid = 0.5 * (low + high)
-        if mid >= radius(estimate + sign * mid):
-            high = mid
+    side = 0
+    for _ in range(_STEPS):
+        if high - low <= _TOLERANCE:
+            break
+        mid = (low * g_high - high * g_low) / (g_high - g_low)
+        if not low < mid < high:
+            mid = 0.5 * (low + high)
+        g_mid = mid - radius(estimate + sign * mid)
+        if g_mid > 0:
+            high, g_high = mid, g_mid
+            if side == 1:
+                g_low /= 2.0
+            side = 1
         else:
-            low = mid
+            low, g_low = mid, g_mid
+            if side == -1:
+                g_high /= 2.0
+            side = -1
     return estimate + sign * high
 
 

@@ -114,6 +114,14 @@ def test_paired_bounds_tighten_with_data_and_with_fewer_differences() -> None:
     assert rare.high - rare.low < (often.high - often.low) / 4
 
 
+def test_pairs_that_never_differ_yet_still_get_an_honest_interval() -> None:
+    # Nothing varies at the estimate (every pair alike so far): the bound is where the variance of a mean of -theta
+    # would reject it, not the estimate itself.
+    b = paired(0, 200, 0, 0, *SIDES)
+    assert b.low < -0.05 and b.high > 0.01
+    assert paired(0, 2000, 0, 0, *SIDES).low < -0.005
+
+
 def test_unlabelled_disagreements_only_widen_the_paired_bounds() -> None:
     known = paired(30, 9940, 30, 0, *SIDES)
     unknown = paired(20, 9940, 20, 20, *SIDES)
