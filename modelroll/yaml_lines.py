@@ -7,6 +7,7 @@ keys that are not text are refused with their line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -120,13 +121,22 @@ def _text(document: str | bytes, source: str) -> str:
     return document
 
 
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]
+    """SafeLoader reading numbers as JSON and YAML 1.2 do: `1e-06` is a float (YAML 1.1 wants `1.0e-06`), so a JSON
+    document means the same whichever parser reads it."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def load_documents(document: str | bytes, source: str = "") -> list[Located]:
     """Every document of a YAML (or JSON) text, in order, each with its field lines; raises InvalidInput (with the
     line) for a syntax error, a duplicate key, a YAML bomb, or PayloadTooLarge over 1 MiB."""
     text = _text(document, source)
     loader: yaml.SafeLoader | None = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         return list(_documents(loader, source))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

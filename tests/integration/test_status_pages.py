@@ -88,7 +88,8 @@ def test_rollout_page_shows_the_optimizer_report_line_for_line(world: World) -> 
         page = client.get(f"/rollouts/{rid}").text
     expected = [[x.metric, x.original, x.optimized, x.improvement, x.gate] for x in lines(report)]
     assert _report_rows(page) == expected  # the rows, in the words, of `modelroll optimize report`
-    assert len(expected) == 17 and expected[1][:3] == ["latency p50, batch 1", "2.000 ms", "0.500 ms"]
+    assert len(expected) == 18 and expected[0][0] == "runtime"
+    assert expected[2][:3] == ["latency p50, batch 1", "2.000 ms", "0.500 ms"]
     failed = [g for g in report.gates if not g.passed]
     assert [g.name for g in failed] == ["memory_b32"]
     assert f'class="verdict verdict-fail" title="{escape(failed[0].message)}">FAIL' in page

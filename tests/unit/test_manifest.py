@@ -203,3 +203,10 @@ def test_a_model_document_names_files_only_inside_the_input_root_over_the_api(tm
 def test_lines_point_at_the_key_of_a_nested_field() -> None:
     [doc] = load_documents("a:\n  b:\n    - c: 1\n")
     assert doc.line_of(("a", "b")) == 2 and doc.line_of(("a", "b", 0, "c")) == 3 and doc.line_of(("a", "z")) == 1
+
+
+def test_a_json_number_in_exponent_form_is_a_number_as_json_says() -> None:
+    from modelroll.yaml_lines import load_documents
+
+    [doc] = load_documents('{"alpha": 1e-06, "quoted": "1e-06", "big": -3E+2}')
+    assert doc.data == {"alpha": 1e-06, "quoted": "1e-06", "big": -300.0}
