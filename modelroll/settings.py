@@ -42,8 +42,9 @@ class Settings(BaseSettings):
         default=64 * 1024 * 1024, ge=1024, description="Largest request body the router reads: 413 above it, by "
         "Content-Length before reading, or as soon as a streamed body passes it.")
     router_read_timeout_s: float = Field(
-        default=30.0, gt=0, le=600, description="A request body must arrive whole within this many seconds of the "
-        "router starting to read it, else 408 and the connection is closed (a client declaring more than it sends).")
+        default=30.0, gt=0, le=600, description="A request body not whole this many seconds after the router starts "
+        "reading it is a 408 and its connection is closed (a client declaring more than it sends); reads are checked "
+        "every quarter of it (at most every second), so the answer comes within 1.25 times of it.")
     router_candidate_timeout_s: float = Field(default=2.0, gt=0)
     router_shadow_max_concurrency: int = Field(default=4, ge=0)
     router_sample_buffer: int = Field(default=100_000, ge=100)

@@ -85,7 +85,7 @@ class RouterApp:
         self.feedback = FeedbackJoiner(channel, self._feedback_sample)
         self.tokens = OperatorTokens(token_sessions or _LazySessions(settings), settings.admin_token)
         self._max_body = settings.router_max_body_bytes
-        self._read_timeout_s = settings.router_read_timeout_s
+        self._deadlines = asgi.ReadDeadlines(settings.router_read_timeout_s)
         self._ids = itertools.count(1)
         self._settle_loop: asyncio.AbstractEventLoop | None = None  # where a `_settle` call waits to run
         self._answered: list[tuple[str, str, float]] = []  # (model, variant, seconds) not yet in the metrics
@@ -328,7 +328,7 @@ class RouterApp:
         forced = fallen = None
         if forced_name is not None:
             forced, fallen = await self._forced(routes, forced_name, authorization)
-        body = await asgi.read_body(receive, declared, self._max_body, self._read_timeout_s)
+        body = await asgi.read_body(receive, declared, self._max_body, self._deadlines)
         request = decode_request(body, _header_length(header_length), routes.signature)
         request_id = request.id or header_id or f"{self._id_prefix}{next(self._ids):x}"
         variant, outputs, fell = await self.inference.run(routes, request, request_id, key, forced, ts, start)
@@ -366,7 +366,7 @@ class RouterApp:
 
     async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        items = parse_items(await asgi.read_body(receive, declared, self._max_body, self._read_timeout_s))
+        items = parse_items(await asgi.read_body(receive, declared, self._max_body, self._deadlines))
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(None, self._join_feedback, items)
         counts = {s: sum(1 for r in results if r["status"] == s) for s in ("joined", "unknown", "invalid")}
