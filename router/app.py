@@ -168,6 +168,10 @@ class RouterApp:
                 await asgi.send_error(send, exc.status_code, exc.message, _error_headers(exc))
             except ClientDisconnected:
                 return
+            except Exception:  # a bug: logged, counted and answered in the one error envelope, never silent
+                log.exception("request failed path=%s", scope["path"])
+                self._count_refusal(scope["path"], 500, start)
+                await asgi.send_error(send, 500, "internal error of the router (logged); retry, or report it")
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 

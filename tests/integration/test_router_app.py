@@ -350,3 +350,20 @@ def test_a_path_that_exists_for_another_method_is_405_with_allow_and_else_404(
                 error = answer.json()["error"]
                 assert (f"use {allow}" in error) if allow else ("no endpoint" in error)
         run(go())
+
+
+def test_a_bug_is_a_counted_json_500(tmp_path: Path, digits_paths: dict[str, Path],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("router.app.encode_response", broken)
+    rows, _ = digits_rows(1)
+    with running_app(router_settings(tmp_path), MemoryChannel(), digits_source(digits_paths)) as app:
+        async def go() -> None:
+            async with client(app) as c:
+                answer = await c.post("/v2/models/digits/infer", content=infer_body(rows))
+                assert answer.status_code == 500 and "internal error" in answer.json()["error"]
+        run(go())
+    assert app.metrics.registry.get_sample_value(
+        "modelroll_requests_total", {"model": "digits", "variant": "-", "code": "500"}) == 1
