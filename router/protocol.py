@@ -17,13 +17,13 @@ import orjson
 
 from modelroll.errors import InvalidInput
 from router.finite import all_finite
+from router.json_values import cast, holds_bool, may_hold_booleans, overflow
 from router.tensors import ACCEPTED_DATATYPES, DATATYPES, Signature, TensorSpec, datatype_of
 
 _INT_KINDS = "iu"
 _FLOAT_CODES = {"FP16": "f", "FP32": "f", "FP64": "d"}  # array module type codes (FP16 is converted after)
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
 _LEN = struct.Struct("<I")
-_LITERALS = ((b"r", b"true", 1), (b"l", b"false", 2))  # (a letter of the literal, the literal, where it is in it)
 
 
 class InferRequest:
@@ -55,44 +55,6 @@ def _check_shape(spec: TensorSpec, raw: Any) -> tuple[int, ...]:
             raise _fail(f"input {spec.name!r}: shape {raw} does not match the model's {list(spec.shape)} "
                         "(-1 = any size)")
     return tuple(raw)
-
-
-def _may_hold_booleans(body: bytes, end: int) -> bool:
-    """False when the JSON text `body[:end]` holds no `true` or `false` literal.
-
-    Looks for the 'r' of true and the 'l' of false with memchr: no JSON number has those letters, and of V2's keys
-    only "parameters" and the binary extension's have an 'r'. Checking every value's type instead costs ~19 ns a value
-    (40 µs for a batch of 32 × 64), and `find(b"true")` is as slow on digits.
-    """
-    for letter, word, offset in _LITERALS:
-        at = body.find(letter, 0, end)
-        seen = 0
-        while at >= 0:
-            if at >= offset and body[at - offset:at - offset + len(word)] == word:
-                return True
-            seen += 1
-            if seen > 32:  # text full of them (strings, BYTES data): leave it to the exact check
-                return True
-            at = body.find(letter, at + 1, end)
-    return False
-
-
-def _holds_bool(data: list[Any]) -> bool:
-    types = set(map(type, data))
-    if bool in types:
-        return True
-    return list in types and any(_holds_bool(item) for item in data if type(item) is list)
-
-
-def _overflow(spec: TensorSpec, values: np.ndarray[Any, Any], converted: np.ndarray[Any, Any]) -> InvalidInput:
-    limit = float(np.finfo(spec.dtype).max)
-    bad = float(values.reshape(-1)[int(np.flatnonzero(~np.isfinite(converted.reshape(-1)))[0])])
-    return _fail(f"input {spec.name!r}: values must fit {spec.datatype} [{-limit:.8g}, {limit:.8g}], got {bad!r}")
-
-
-def _cast(array: np.ndarray[Any, Any], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
-    with np.errstate(over="ignore"):  # a value the datatype cannot hold becomes ±Inf, refused by the caller
-        return array.astype(dtype, copy=False)
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -142,7 +104,7 @@ def _flatten_strings(name: str, data: Any, out: list[bytes]) -> None:
 
 
 def _from_json(spec: TensorSpec, data: Any, shape: tuple[int, ...], booleans: bool) -> np.ndarray[Any, Any]:
-    """`booleans`: whether the request's JSON may hold true/false (see `_may_hold_booleans`)."""
+    """`booleans`: whether the request's JSON may hold true/false (see `may_hold_booleans`)."""
     count = _count(shape)
     if not isinstance(data, list):
         raise _fail(f"input {spec.name!r}: data must be a list (flat or nested), got {type(data).__name__}")
@@ -154,7 +116,7 @@ def _from_json(spec: TensorSpec, data: Any, shape: tuple[int, ...], booleans: bo
         array = np.empty(count, dtype=object)
         array[:] = items
         return array.reshape(shape)
-    if booleans and spec.datatype != "BOOL" and _holds_bool(data):
+    if booleans and spec.datatype != "BOOL" and holds_bool(data):
         expected = "integers" if spec.dtype.kind in _INT_KINDS else "numbers"
         raise _fail(f"input {spec.name!r}: {spec.datatype} data must be {expected}, got true/false")
     float_code = _FLOAT_CODES.get(spec.datatype)
@@ -166,9 +128,9 @@ def _from_json(spec: TensorSpec, data: Any, shape: tuple[int, ...], booleans: bo
         except (TypeError, OverflowError):
             pass
         else:
-            converted = flat if flat.dtype == spec.dtype else _cast(flat, spec.dtype)
+            converted = flat if flat.dtype == spec.dtype else cast(flat, spec.dtype)
             if float_code == "f" and not all_finite(converted):  # 1e39 is no FP32 value (orjson refuses > FP64)
-                raise _overflow(spec, np.asarray(data), converted)
+                raise overflow(spec, np.asarray(data), converted)
             return converted.reshape(shape)
     try:
         array = np.asarray(data)
@@ -197,9 +159,9 @@ def _from_json(spec: TensorSpec, data: Any, shape: tuple[int, ...], booleans: bo
         raise _fail(f"input {spec.name!r}: {spec.datatype} data must be {expected}, got {array.dtype.name} values")
     if want != "f" or spec.datatype == "FP64":
         return array.astype(spec.dtype, copy=False).reshape(shape)
-    converted = _cast(array, spec.dtype)
+    converted = cast(array, spec.dtype)
     if not all_finite(converted):
-        raise _overflow(spec, array, converted)
+        raise overflow(spec, array, converted)
     return converted.reshape(shape)
 
 
@@ -307,7 +269,7 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
             offset += size
         elif "data" in entry:
             if booleans is None and spec.datatype not in ("BOOL", "BYTES"):
-                booleans = _may_hold_booleans(body, len(body) if header_length is None else header_length)
+                booleans = may_hold_booleans(body, len(body) if header_length is None else header_length)
             inputs[name] = _from_json(spec, entry["data"], shape, bool(booleans))
         else:
             raise _fail(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
