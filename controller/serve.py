@@ -9,6 +9,7 @@ from types import FrameType
 import uvicorn
 
 from controller.app import create_app
+from controller.heap import return_large_frees
 from controller.housekeeping import Housekeeping
 from controller.reconcile import Reconciler
 from controller.webhooks import WebhookNotifier
@@ -41,6 +42,7 @@ def serve(settings: Settings, host: str, port: int, *, reconcile: bool = True) -
     app = create_app(settings, channel, session_factory, reconciler=reconciler, notifier=notifier)
     housekeeping = None
     if reconciler is not None:
+        return_large_frees()  # its looks' arrays grow with each rollout's age: freed, they leave the process
         reconciler.start()
         housekeeping = Housekeeping(settings, session_factory, lambda: reconciler.leading)
         housekeeping.start()
