@@ -132,9 +132,8 @@ def evaluate(criteria: Criteria, obs: Observations, alpha_pass: float, alpha_fai
                           f"to {cr.points(pair_bounds.high)} points, served {cr.points(served.low)} to "
                           f"{cr.points(served.high)}){note}: not decided yet" if pair_bounds is not None else
                           "accuracy: its sequences exclude each other: not decided yet")
-    if low > high:
-        return _undecided(criteria, obs, method, counts, base_acc, cand_acc, sequences,
-                          cr.contradiction("accuracy", look, carried.get(NAME, cr.OPEN)) + note)
+    if cr.disagrees(carried, NAME, look):
+        note += cr.drift_note("accuracy", look, carried[NAME])
     estimate = None if math.isnan(raw) else min(max(raw, low), high)
     verdict = cr.lower_limit_verdict(low, high, limit)
     shown = "?" if estimate is None else cr.points(estimate)

@@ -13,10 +13,33 @@ Interval = tuple[float, float]  # (low, high), -inf / inf where unbounded
 OPEN: Interval = (-math.inf, math.inf)
 
 
+def combine(before: Interval, look: Interval) -> Interval:
+    """The running interval after a look: its interval ∩ the one carried from the looks before.
+
+    When the two exclude each other — a sequence missed (it may, with probability α), or the arms changed under it
+    (latency under a step's new load, memory after a runner warmed up) — their hull instead: a verdict then needs
+    the looks before and this one to agree, and the next look narrows it again. An empty interval is never carried:
+    it would hold every later look undecided for the rest of the rollout.
+    """
+    if look[0] > look[1]:
+        return before
+    if before[0] > before[1]:
+        return look
+    low, high = max(before[0], look[0]), min(before[1], look[1])
+    if low <= high:
+        return low, high
+    return min(before[0], look[0]), max(before[1], look[1])
+
+
 def running(carried: Mapping[str, Interval], name: str, look: Interval) -> Interval:
-    """This look's interval intersected with the one carried under `name` (may come out empty: low > high)."""
+    """This look's interval combined with the one carried under `name` (see `combine`)."""
+    return combine(carried.get(name, OPEN), look)
+
+
+def disagrees(carried: Mapping[str, Interval], name: str, look: Interval) -> bool:
+    """Whether this look's interval excludes everything the looks before allowed."""
     before = carried.get(name, OPEN)
-    return max(before[0], look[0]), min(before[1], look[1])
+    return max(before[0], look[0]) > min(before[1], look[1])
 
 
 def _json(value: float) -> float | None:
@@ -46,14 +69,17 @@ def carry(results: Sequence[CriterionResult | Mapping[str, Any]]) -> dict[str, I
     for result in results:
         sequences = result.sequences if isinstance(result, CriterionResult) else result.get("sequences") or {}
         for name, parts in sequences.items():
-            low, high = -math.inf, math.inf
-            for part in ("look", "carried"):
-                if part in parts and parts[part] is not None:
-                    a, b = parts[part]
-                    low = max(low, -math.inf if a is None else float(a))
-                    high = min(high, math.inf if b is None else float(b))
-            out[name] = (low, high)
+            before, look = (_interval(parts.get(part)) for part in ("carried", "look"))
+            out[name] = combine(before, look)
     return out
+
+
+def _interval(recorded: Any) -> Interval:
+    """A recorded (low, high) pair, None standing for an unbounded end; a missing part is the open interval."""
+    if recorded is None:
+        return OPEN
+    a, b = recorded
+    return (-math.inf if a is None else float(a)), (math.inf if b is None else float(b))
 
 
 def upper_limit_verdict(low: float, high: float, limit: float) -> Verdict:
@@ -101,11 +127,10 @@ def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def contradiction(name: str, look: Interval, carried: Interval, fmt: Any = points) -> str:
-    """Why a criterion holds when the new look excludes everything the looks before allowed."""
-    return (f"{name}: this look's interval [{fmt(look[0])}, {fmt(look[1])}] lies outside the one carried from the "
-            f"looks before [{fmt(carried[0])}, {fmt(carried[1])}] — a sequence missed or the arms changed; "
-            "holding: not decided yet")
+def drift_note(name: str, look: Interval, carried: Interval, fmt: Any = points) -> str:
+    """Said when a look excludes what the looks before allowed, so that the reader knows why the interval widened."""
+    return (f"; {name}: this look's [{fmt(look[0])}, {fmt(look[1])}] lies outside the looks before "
+            f"[{fmt(carried[0])}, {fmt(carried[1])}] — the arms changed or a sequence missed, so a verdict needs both")
 
 
 def not_enough(name: str, threshold: float, method: str, have: tuple[int, int], need: int, what: str = "samples",

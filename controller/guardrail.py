@@ -43,24 +43,21 @@ def evaluate(criteria: Criteria, obs: Observations, alpha_pass: float, alpha_fai
     (a_low, a_high), (r_low, r_high) = (cr.running(carried, name, look) for name, look in looks.items())
     base_rate, cand_rate = base.errors / base.requests, cand.errors / cand.requests
     estimate = cand_rate - base_rate
-    if a_low > a_high or r_low > r_high:
-        name = NAME if a_low > a_high else RELATIVE
-        verdict, ci_low, ci_high = Verdict.UNDECIDED, None, None
-        message = cr.contradiction(f"errors ({name})", looks[name], carried.get(name, cr.OPEN))
+    if a_high <= limit or r_high <= 0.0:
+        verdict = Verdict.PASS
+    elif a_low > limit and r_low > 0.0:
+        verdict = Verdict.FAIL
     else:
-        if a_high <= limit or r_high <= 0.0:
-            verdict = Verdict.PASS
-        elif a_low > limit and r_low > 0.0:
-            verdict = Verdict.FAIL
-        else:
-            verdict = Verdict.UNDECIDED
-        ci_low, ci_high = cr.finite(a_low), cr.finite(a_high)
-        estimate = min(max(estimate, a_low), a_high)
-        message = (f"candidate error rate {cand_rate:.2%} vs baseline {base_rate:.2%}: difference "
-                   f"{cr.points(estimate)} points [{cr.points(a_low)}, {cr.points(a_high)}], allowed ≤ "
-                   f"max({cr.points(limit)} points, {RELATIVE_FACTOR:g}× baseline); candidate − "
-                   f"{RELATIVE_FACTOR:g}× baseline [{cr.points(r_low)}, {cr.points(r_high)}] vs ≤ 0: "
-                   f"{cr.word(verdict)}")
+        verdict = Verdict.UNDECIDED
+    ci_low, ci_high = cr.finite(a_low), cr.finite(a_high)
+    estimate = min(max(estimate, a_low), a_high)
+    drift = "".join(cr.drift_note(f"errors ({name})", look, carried[name])
+                    for name, look in looks.items() if cr.disagrees(carried, name, look))
+    message = (f"candidate error rate {cand_rate:.2%} vs baseline {base_rate:.2%}: difference "
+               f"{cr.points(estimate)} points [{cr.points(a_low)}, {cr.points(a_high)}], allowed ≤ "
+               f"max({cr.points(limit)} points, {RELATIVE_FACTOR:g}× baseline); candidate − "
+               f"{RELATIVE_FACTOR:g}× baseline [{cr.points(r_low)}, {cr.points(r_high)}] vs ≤ 0{drift}: "
+               f"{cr.word(verdict)}")
     return CriterionResult(
         criterion=NAME, verdict=verdict, estimate=estimate, ci_low=ci_low, ci_high=ci_high, threshold=limit,
         baseline_value=base_rate, candidate_value=cand_rate, baseline_n=counts[0], candidate_n=counts[1],

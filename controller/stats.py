@@ -136,13 +136,8 @@ def _ratio_result(name: str, label: str, b: Interval, c: Interval, limit: float,
     look = (low_look, high_look)
     low, high = criterion.running(carried, name, look)
     sequences = {name: criterion.entry(carried, name, look)}
-    if low > high:
-        return CriterionResult(
-            criterion=name, verdict=Verdict.UNDECIDED, estimate=criterion.finite(estimate), ci_low=None,
-            ci_high=None, threshold=limit, baseline_value=b.estimate, candidate_value=c.estimate,
-            baseline_n=have[0], candidate_n=have[1], method=method, sequences=sequences,
-            message=criterion.contradiction(f"{label} ratio", look, carried.get(name, criterion.OPEN),
-                                            lambda v: f"{criterion.num(v)}×"))
+    if criterion.disagrees(carried, name, look):
+        note += criterion.drift_note(f"the {label} ratio", look, carried[name], lambda v: f"{criterion.num(v)}×")
     verdict = criterion.upper_limit_verdict(low, high, limit)
     shown = min(max(estimate, low), high)
     return CriterionResult(

@@ -226,7 +226,9 @@ class Demo:
             row = session.get(RolloutRow, rollout_id)
             last = session.scalars(select(RolloutEventRow).where(RolloutEventRow.rollout_id == rollout_id)
                                    .order_by(RolloutEventRow.seq.desc())).first()
-            evidence = [str(r.get("message", "")) for r in ((last.evidence or {}).get("results", []) if last else [])]
+            # A rollout still running shows its latest look (what it waits on), an ended one its decision's evidence.
+            source = (last.evidence or {}) if last is not None and row.phase in TERMINAL else (row.evaluation or {})
+            evidence = [str(r.get("message", "")) for r in source.get("results", [])]
             return Decision(rollout_id, candidate, row.phase, after_s, row.last_reason, evidence)
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller import criterion
 from controller.confseq import quantile_intervals, quantile_ranks, stitched_boundary
 from controller.difference import Side, paired, stratified
 from controller.observations import ArmObservations, Blocks, Observations, PairedCounts
@@ -244,6 +245,41 @@ def test_shadow_and_served_traffic_that_disagree_decide_nothing() -> None:
     result = by_name(evaluate(Criteria(), served))["accuracy"]
     assert result.verdict is Verdict.UNDECIDED
     assert "shadow pairs and served traffic disagree" in result.message
+
+
+def _carried_looks(observations: list[Observations]) -> list[dict[str, CriterionResult]]:
+    """Each look evaluated with the running intervals the looks before it left, as the reconciler does."""
+    carried: dict[str, tuple[float, float]] = {}
+    looks = []
+    for obs in observations:
+        results = evaluate(Criteria(), Observations(obs.baseline, obs.candidate, obs.paired, carried=carried))
+        carried = criterion.carry(results)
+        looks.append(by_name(results))
+    return looks
+
+
+def test_a_look_that_excludes_the_looks_before_holds_only_while_they_disagree_on_the_verdict() -> None:
+    """The arms change under a rollout (the candidate's memory after warm-up, latency under a step's new load): the
+    look's interval may then exclude the running one. Both passing still passes, and the rollout is never stuck."""
+    obs = healthy_pair(memory_ratio=0.30)
+    warmed = _with_memory(obs, obs.baseline.memory_bytes, obs.candidate.memory_bytes * 1.15)  # 0.30x -> 0.345x
+    looks = _carried_looks([obs, warmed, warmed])
+    assert [look["memory"].verdict for look in looks] == [Verdict.PASS] * 3
+    assert "lies outside the looks before" in looks[1]["memory"].message
+    assert looks[1]["memory"].ci_low < 0.31 and looks[1]["memory"].ci_high > 0.34  # the hull: a verdict needs both
+    assert "lies outside" not in looks[2]["memory"].message  # and the next look narrows it again
+
+    failing = _with_memory(obs, obs.baseline.memory_bytes, obs.candidate.memory_bytes * 2.0)  # 0.60x: fails now
+    looks = _carried_looks([obs, failing, failing])
+    assert [look["memory"].verdict for look in looks] == [Verdict.PASS, Verdict.UNDECIDED, Verdict.FAIL]
+
+
+def test_an_empty_interval_is_never_carried() -> None:
+    assert criterion.combine((0.1, 0.2), (0.3, 0.4)) == (0.1, 0.4)
+    assert criterion.combine((0.1, 0.3), (0.2, 0.4)) == (0.2, 0.3)
+    assert criterion.combine((0.1, 0.3), (0.5, 0.4)) == (0.1, 0.3)  # a look whose own sequences excluded each other
+    recorded = [{"sequences": {"memory": {"look": (0.5, 0.6), "carried": (0.4, 0.3)}}}]  # written before this rule
+    assert criterion.carry(recorded) == {"memory": (0.5, 0.6)}
 
 
 def test_error_burst_fails_the_guardrail_at_the_first_verdict() -> None:
