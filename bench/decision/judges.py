@@ -336,10 +336,14 @@ def play(run: Run, criteria: Criteria, judges: list[str], horizon: int, extend_t
 
 
 def cover(run: Run, criteria: Criteria, horizon: int, truth: dict[str, float]) -> Outcome:
-    """A/A: modelroll's running intervals after every look to the horizon; does each still hold the truth?"""
+    """A/A: modelroll's running intervals after every look to the horizon; did each hold the truth at every look?
+    (Checked at each look, not only the last: a look that excludes the looks before widens the running interval to
+    both, so a later interval may hold the truth again after one missed it.)"""
     carried: dict[str, tuple[float, float]] = {}
+    held = dict.fromkeys(truth, True)
     for n in range(run.look_every, horizon + 1, run.look_every):
         carried = criterion.carry(stats.evaluate(criteria, run.observations(n, carried)))
-    held = {name: name not in carried or carried[name][0] <= value <= carried[name][1]
-            for name, value in truth.items()}
+        for name, value in truth.items():
+            if name in carried and not carried[name][0] <= value <= carried[name][1]:
+                held[name] = False
     return Outcome({}, held)
