@@ -269,3 +269,16 @@ httpGet:
   port: {{ .port }}
 {{ toYaml .timing }}
 {{- end -}}
+
+{{/* The status pages' address for links in notifications: config.publicUrl, else the controller ingress's first
+host, else the controller Service inside the cluster. */}}
+{{- define "modelroll.publicUrl" -}}
+{{- if .Values.config.publicUrl -}}
+{{- .Values.config.publicUrl -}}
+{{- else if and .Values.controller.ingress.enabled .Values.controller.ingress.hosts -}}
+{{- $scheme := ternary "http" "https" (empty .Values.controller.ingress.tls) -}}
+{{- printf "%s://%s" $scheme (first .Values.controller.ingress.hosts) -}}
+{{- else -}}
+{{- printf "http://%s:%v" (include "modelroll.componentName" (dict "root" . "component" "controller")) .Values.controller.service.port -}}
+{{- end -}}
+{{- end -}}
