@@ -74,10 +74,14 @@ def test_the_watchdog_ends_a_hanging_run_and_closes_the_gate(slow: InlineRunner,
     start = time.perf_counter()
     with pytest.raises(RunnerTimeout, match="watchdog"):
         gate.run(big, None)
-    assert time.perf_counter() - start < 0.3  # the whole run takes several times longer
+    ended_after_s = time.perf_counter() - start
     assert watchdog.terminated == 1 and not gate.open
+    start = time.perf_counter()
     outputs, _, _ = slow.run(big)  # the session itself is unharmed: the flag was on that run's options only
+    whole_run_s = time.perf_counter() - start
     assert outputs["logits"].shape == (1024, 10)
+    # Side by side, so a loaded machine slows both: the watchdog ends the run well before it would end by itself.
+    assert ended_after_s < 0.5 * whole_run_s, (ended_after_s, whole_run_s)
 
 
 def _call_inline(runner: InlineRunner, watchdog: Watchdog, role: str, *, stall_s: float,
