@@ -37,9 +37,9 @@ def running(carried: Mapping[str, Interval], name: str, look: Interval) -> Inter
 
 
 def disagrees(carried: Mapping[str, Interval], name: str, look: Interval) -> bool:
-    """Whether this look's interval excludes everything the looks before allowed."""
+    """Whether this look's interval excludes everything the looks before allowed (`combine` then takes the hull)."""
     before = carried.get(name, OPEN)
-    return max(before[0], look[0]) > min(before[1], look[1])
+    return look[0] <= look[1] and before[0] <= before[1] and max(before[0], look[0]) > min(before[1], look[1])
 
 
 def _json(value: float) -> float | None:

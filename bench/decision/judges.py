@@ -187,8 +187,7 @@ def oracle_errors(criteria: Criteria, obs: Observations, run: Run, result: Crite
     a_low, a_high = criterion.running(carried, guardrail.NAME, absolute)
     r_low, r_high = criterion.running(carried, guardrail.RELATIVE, relative)
     limit = criteria.error_rate_tolerance
-    verdict = (Verdict.UNDECIDED if a_low > a_high or r_low > r_high else Verdict.PASS
-               if a_high <= limit or r_high <= 0 else Verdict.FAIL if a_low > limit and r_low > 0 else
+    verdict = (Verdict.PASS if a_high <= limit or r_high <= 0 else Verdict.FAIL if a_low > limit and r_low > 0 else
                Verdict.UNDECIDED)
     return _verdict_result(result, guardrail.NAME, absolute, dict(carried), verdict,
                            {guardrail.RELATIVE: relative})
