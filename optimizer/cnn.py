@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from optimizer.sources import ModelSource, _digits_split, accuracy, torch_threads
+from optimizer.sources import ModelSource, _digits_split, accuracy, fit_one_cycle, torch_threads
 
 CNN_INPUT = "input"
 CNN_OUTPUT = "logits"
@@ -69,22 +69,8 @@ def train_cnn() -> DigitsCNN:
     torch.manual_seed(CNN_SEED)
     generator = torch.Generator().manual_seed(CNN_SEED)
     model = DigitsCNN()
-    epochs, batch, lr = CNN_EPOCHS, CNN_BATCH, CNN_LR
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    steps = epochs * -(-len(x_train) // batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    inputs, labels = torch.from_numpy(images(x_train)), torch.from_numpy(y_train)
-    model.train()
-    with torch_threads(1):
-        for _ in range(epochs):
-            order = torch.randperm(len(inputs), generator=generator)
-            for start in range(0, len(inputs), batch):
-                index = order[start : start + batch]
-                loss = nn.functional.cross_entropy(model(inputs[index]), labels[index])
-                optimizer.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
-                schedule.step()
+    fit_one_cycle(model, torch.from_numpy(images(x_train)), torch.from_numpy(y_train), CNN_EPOCHS, CNN_BATCH, CNN_LR,
+                  generator)
     return model.eval()
 
 

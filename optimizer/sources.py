@@ -160,27 +160,27 @@ def train_digits(sizes: tuple[int, ...] = DIGITS_SIZES, seed: int = DIGITS_SEED)
     model = DigitsMLP(sizes)
     epochs, batch, lr = DIGITS_RECIPE["epochs"], DIGITS_RECIPE["batch"], DIGITS_RECIPE["lr"]
     assert isinstance(epochs, int) and isinstance(batch, int) and isinstance(lr, float)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    steps = epochs * -(-len(x_train) // batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    inputs, labels = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    model.train()
-    with torch_threads(1):
-        _fit(model, optimizer, schedule, inputs, labels, epochs, batch, generator)
+    fit_one_cycle(model, torch.from_numpy(x_train), torch.from_numpy(y_train), epochs, batch, lr, generator)
     return model.eval()
 
 
-def _fit(model: DigitsMLP, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler,
-         inputs: torch.Tensor, labels: torch.Tensor, epochs: int, batch: int, generator: torch.Generator) -> None:
-    for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
-        for start in range(0, len(inputs), batch):
-            index = order[start : start + batch]
-            loss = nn.functional.cross_entropy(model(inputs[index]), labels[index])
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            schedule.step()
+def fit_one_cycle(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epochs: int, batch: int, lr: float,
+                  generator: torch.Generator) -> None:
+    """Train a classifier in place on one thread: AdamW with a one-cycle schedule, shuffled mini-batches."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    steps = epochs * -(-len(inputs) // batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    model.train()
+    with torch_threads(1):
+        for _ in range(epochs):
+            order = torch.randperm(len(inputs), generator=generator)
+            for start in range(0, len(inputs), batch):
+                index = order[start : start + batch]
+                loss = nn.functional.cross_entropy(model(inputs[index]), labels[index])
+                optimizer.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                schedule.step()
 
 
 def digits_key(sizes: tuple[int, ...] = DIGITS_SIZES, seed: int = DIGITS_SEED) -> str:

@@ -8,7 +8,6 @@ SHA256 it loads the file only if its bytes hash to it, and else says why it refu
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np  # noqa: F401  (imported before the baseline measurement: runtime cost, not model cost)
@@ -18,7 +17,8 @@ from modelroll.errors import Tampered
 from modelroll.integrity import read_verified
 from modelroll.residency import prefault_libraries
 from router import frames
-from router.runners import is_bad_input, ort_session, prepare_string_inputs, rss_bytes, warmup_inputs
+from router.child_loop import serve
+from router.runners import is_bad_input, ort_session, prepare_string_inputs, rss_bytes
 from router.tensors import Signature
 
 
@@ -42,31 +42,9 @@ def main(argv: list[str]) -> int:
         return 1
     names = [t.name for t in signature.outputs]
     strings = frozenset(t.name for t in signature.inputs if t.datatype == "BYTES")
-    try:
-        session.run(names, warmup_inputs(signature))
-    except Exception as exc:
-        print(f"warm-up of {path} failed: {exc}", file=sys.stderr)
-    frames.write_all(out_fd, frames.pack({
-        "ok": True, "signature": signature.to_dict(), "sha256": sha256, "rss_before": rss_before,
-        "rss_after": rss_bytes(),
-    }))
-    while True:
-        try:
-            meta, data = frames.read(in_fd)
-        except frames.FrameClosed:
-            return 0
-        inputs = prepare_string_inputs(frames.unpack_tensors(meta, data), strings)
-        start, wall_start = time.thread_time(), time.perf_counter()
-        try:
-            values = session.run(names, inputs)
-        except Exception as exc:
-            frames.write_all(out_fd, frames.pack({"ok": False, "bad_input": is_bad_input(exc),
-                                                  "error": f"model error: {exc}"}))
-            continue
-        model_ms = (time.perf_counter() - wall_start) * 1000.0
-        cpu_ms = (time.thread_time() - start) * 1000.0
-        frames.write_all(out_fd, frames.pack({"ok": True, "cpu_ms": cpu_ms, "model_ms": model_ms},
-                                             dict(zip(names, values, strict=True))))
+    return serve(out_fd, in_fd, path, signature, sha256, rss_before,
+                 run=lambda inputs: dict(zip(names, session.run(names, inputs), strict=True)),
+                 bad_input=is_bad_input, prepare=lambda inputs: prepare_string_inputs(inputs, strings))
 
 
 if __name__ == "__main__":

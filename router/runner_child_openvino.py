@@ -9,14 +9,14 @@ check read, and refused (`refused`) when they do not hash to SHA256.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from modelroll.errors import ModelrollError, Tampered
 from modelroll.residency import prefault_libraries
 from router import frames
+from router.child_loop import serve
 from router.runner_openvino import InferCall, compile_artifact, is_bad_input, load_runtime, read_artifact, signature_of
-from router.runners import rss_bytes, warmup_inputs
+from router.runners import rss_bytes
 
 
 def main(argv: list[str]) -> int:
@@ -42,31 +42,8 @@ def main(argv: list[str]) -> int:
         reason = exc.message if isinstance(exc, ModelrollError) else str(exc)
         frames.write_all(out_fd, frames.pack({"ok": False, "error": f"cannot load {path}: {reason}"}))
         return 1
-    call = InferCall(compiled, signature)
-    try:
-        call(warmup_inputs(signature))
-    except Exception as exc:
-        print(f"warm-up of {path} failed: {exc}", file=sys.stderr)
-    frames.write_all(out_fd, frames.pack({
-        "ok": True, "signature": signature.to_dict(), "sha256": sha256, "rss_before": rss_before,
-        "rss_after": rss_bytes(),
-    }))
-    while True:
-        try:
-            meta, payload = frames.read(in_fd)
-        except frames.FrameClosed:
-            return 0
-        inputs = frames.unpack_tensors(meta, payload)
-        start, wall_start = time.thread_time(), time.perf_counter()
-        try:
-            outputs = call(inputs)
-        except Exception as exc:
-            frames.write_all(out_fd, frames.pack({"ok": False, "bad_input": is_bad_input(exc),
-                                                  "error": f"model error: {exc}"}))
-            continue
-        model_ms = (time.perf_counter() - wall_start) * 1000.0
-        cpu_ms = (time.thread_time() - start) * 1000.0
-        frames.write_all(out_fd, frames.pack({"ok": True, "cpu_ms": cpu_ms, "model_ms": model_ms}, outputs))
+    return serve(out_fd, in_fd, path, signature, sha256, rss_before, run=InferCall(compiled, signature),
+                 bad_input=is_bad_input)
 
 
 if __name__ == "__main__":

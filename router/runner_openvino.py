@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from modelroll import openvino_ir, runtimes
-from modelroll.errors import ModelrollError, NotFound, Tampered
+from modelroll.errors import ModelrollError, NotFound
 from modelroll.integrity import check
 from router.runner_subprocess import SubprocessRunner
-from router.runners import Runner, RunnerBadInput, RunnerError, RunnerRefused, Tensors, warmup_inputs
+from router.runners import Runner, RunnerBadInput, RunnerError, Tensors, read_for_runner, warmup_inputs
 from router.tensors import Signature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -144,12 +144,7 @@ class OpenVinoInlineRunner(Runner):
     kind = "inline"
 
     def __init__(self, path: Path, threads: int = 1, sha256: str | None = None) -> None:
-        try:
-            data, self.sha256 = read_artifact(path, sha256)
-        except Tampered as exc:
-            raise RunnerRefused(exc.message) from exc
-        except (NotFound, OSError) as exc:
-            raise RunnerError(f"cannot read {path}: {exc}") from exc
+        data, self.sha256 = read_for_runner(path, sha256, read_artifact)
         try:
             import openvino as ov
 

@@ -12,8 +12,9 @@ import abc
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -106,6 +107,21 @@ def ort_session(model: Path | bytes, threads: int) -> Any:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+Data = TypeVar("Data", bytes, bytearray)
+
+
+def read_for_runner(path: Path, sha256: str | None,
+                    read: Callable[[Path, str | None], tuple[Data, str]]) -> tuple[Data, str]:
+    """An artifact's bytes and sha256, read by `read` for a runner: a hash mismatch refuses the variant for good
+    (RunnerRefused), a file that cannot be read is an error (RunnerError)."""
+    try:
+        return read(path, sha256)
+    except Tampered as exc:
+        raise RunnerRefused(exc.message) from exc
+    except (NotFound, OSError) as exc:
+        raise RunnerError(f"cannot read {path}: {exc}") from exc
+
+
 def prepare_string_inputs(inputs: Tensors, string_inputs: frozenset[str]) -> Tensors:
     """onnxruntime wants `str` in string tensors; the protocol carries `bytes`."""
     if not string_inputs:
@@ -131,12 +147,7 @@ class InlineRunner(Runner):
     kind = "inline"
 
     def __init__(self, path: Path, threads: int = 1, sha256: str | None = None) -> None:
-        try:
-            data, self.sha256 = read_verified(path, sha256)
-        except Tampered as exc:
-            raise RunnerRefused(exc.message) from exc
-        except (NotFound, OSError) as exc:
-            raise RunnerError(f"cannot read {path}: {exc}") from exc
+        data, self.sha256 = read_for_runner(path, sha256, read_verified)
         try:
             self.session = ort_session(data, threads)
         except Exception as exc:
