@@ -38,18 +38,23 @@ def _paired_stream(agreement: Agreement, obs: Observations, low: Side, high: Sid
         if p.n == 0:
             return None
         return paired(p.baseline_only, p.both_correct + p.neither, p.candidate_only, 0, low, high)
+    best: Bounds | None = None
+    for n, minus, plus, unknown in prefixes_worth_reading(agreement):
+        b = paired(minus, n - minus - plus - unknown, plus, unknown, low, high)
+        best = b if best is None else Bounds(max(best.low, b.low), best.estimate, min(best.high, b.high), best.n)
+    return best
+
+
+def prefixes_worth_reading(agreement: Agreement) -> list[tuple[int, int, int, int]]:
+    """(pairs, baseline only right, candidate only right, disagreements without a label) over all pairs, and over
+    the longest prefix whose disagreements are all labelled, if that is shorter."""
     pairs, minus, plus = (np.cumsum(a) for a in (agreement.pairs, agreement.baseline_only, agreement.candidate_only))
     unknown = np.cumsum(agreement.disagree - agreement.baseline_only - agreement.candidate_only - agreement.neither)
     prefixes = {len(pairs) - 1}
     settled = np.flatnonzero((unknown == 0) & (pairs > 0))
     if settled.size:
         prefixes.add(int(settled[-1]))
-    best: Bounds | None = None
-    for i in sorted(prefixes):
-        zero = int(pairs[i] - minus[i] - plus[i] - unknown[i])
-        b = paired(int(minus[i]), zero, int(plus[i]), int(unknown[i]), low, high)
-        best = b if best is None else Bounds(max(best.low, b.low), best.estimate, min(best.high, b.high), best.n)
-    return best
+    return [(int(pairs[i]), int(minus[i]), int(plus[i]), int(unknown[i])) for i in sorted(prefixes)]
 
 
 def _agreement(agreement: Agreement, low: Side, high: Side) -> cr.Interval | None:

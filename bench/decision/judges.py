@@ -150,18 +150,9 @@ def oracle_accuracy(criteria: Criteria, obs: Observations, run: Run, result: Cri
     if run.shadow:
         base_only, cand_only, _ = truth.paired
         sd = math.sqrt(base_only + cand_only - (cand_only - base_only) ** 2)
-        a = obs.agreement
-        pairs, minus, plus = (np.cumsum(x) for x in (a.pairs, a.baseline_only, a.candidate_only))
-        unknown = np.cumsum(a.disagree - a.baseline_only - a.candidate_only - a.neither)
-        prefixes = {len(pairs) - 1}
-        settled = np.flatnonzero((unknown == 0) & (pairs > 0))
-        if settled.size:
-            prefixes.add(int(settled[-1]))
-        for i in prefixes:
-            n = float(pairs[i])
-            low = (plus[i] - minus[i] - unknown[i]) / n - _radius(sd, n, share * alpha_pass, accuracy.PAIRED_PASS_AT)
-            high = (plus[i] - minus[i] + unknown[i]) / n + _radius(sd, n, share * alpha_fail,
-                                                                  accuracy.PAIRED_FAIL_AT)
+        for n, minus, plus, unknown in accuracy.prefixes_worth_reading(obs.agreement):
+            low = (plus - minus - unknown) / n - _radius(sd, n, share * alpha_pass, accuracy.PAIRED_PASS_AT)
+            high = (plus - minus + unknown) / n + _radius(sd, n, share * alpha_fail, accuracy.PAIRED_FAIL_AT)
             look = (max(look[0], low), min(look[1], high))
     var_b, var_c = truth.base_acc * (1 - truth.base_acc), truth.cand_acc * (1 - truth.cand_acc)
     served = _stratified_oracle(obs.labels or Blocks(), 1.0, var_b, var_c, (1 - share) * alpha_pass,
