@@ -129,6 +129,8 @@ BAD_VALUES = [
     ({"router": {"autoscaling": {"targetCPUUtilizationPercentage": 150}}},
      "/router/autoscaling/targetCPUUtilizationPercentage"),
     ({"config": {"logLevel": "LOUD"}}, "/config/logLevel"),
+    ({"config": {"publicUrl": "modelroll.example.com"}}, "/config/publicUrl"),
+    ({"config": {"retentionDays": -1}}, "/config/retentionDays"),
     ({"config": {"extra": {"ROUTER_THREADS": "2"}}}, "'ROUTER_THREADS' does not match pattern"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({"routr": {"replicas": 3}}, "'routr'"),
@@ -318,6 +320,21 @@ def test_every_setting_the_chart_passes_is_a_real_modelroll_setting(helm: Path, 
     mounts = {m["mountPath"] for m in router["volumeMounts"]}
     for writable in ("MODELROLL_HOME", "MODELROLL_ARTIFACTS_DIR", "TMPDIR", "HOME"):
         assert any(config["data"][writable].startswith(m) for m in mounts), f"{writable} is on the read-only root"
+
+
+@pytest.mark.parametrize(("flags", "url"), [
+    ([], "http://mr-modelroll-controller:8081"),
+    (["--set", "controller.ingress.enabled=true", "--set", "controller.ingress.hosts[0]=mr.example.com"],
+     "http://mr.example.com"),
+    (["--set", "controller.ingress.enabled=true", "--set", "controller.ingress.hosts[0]=mr.example.com",
+      "--set", "controller.ingress.tls[0].hosts[0]=mr.example.com"], "https://mr.example.com"),
+    (["--set", "config.publicUrl=https://ops.example.com/modelroll"], "https://ops.example.com/modelroll"),
+])
+def test_notification_links_point_where_people_reach_the_status_pages(helm: Path, flags: list[str],
+                                                                      url: str) -> None:
+    docs = helm_tools.render(helm, CHART, *flags)
+    [config] = [c for c in find(docs, "ConfigMap") if c["metadata"]["name"].endswith("modelroll")]
+    assert config["data"]["MODELROLL_PUBLIC_URL"] == url
 
 
 def test_in_chart_databases_are_wired_to_their_own_services_and_secrets(helm: Path) -> None:
